@@ -1,0 +1,136 @@
+"""Augmentations that keep every camera matrix and target consistent with the pixels.
+
+Image side (per camera): the recorded image is always resized to the network size ``(H, W)``;
+in training a random scale / crop / horizontal flip follows. Both are 3x3 pixel affines composed
+into ``img_aug``, applied to the image AND folded into ``intrinsics`` / ``ego2img``.
+Pixel coordinates use the OpenCV convention (pixel centres at integers), as the intrinsics do.
+
+BEV side (per sample): ``A = flip_y^f @ rot_z(theta)`` re-expresses the scene in ``ego' = A ego``:
+boxes (centre, yaw, velocity), agent past / future (+ yaw), ego past / future (+ yaw) and the
+drivable raster move with it; ``ego_T_cam -> A ego_T_cam``, ``ego2img -> ego2img A^-1``,
+``prev_T_cur -> A prev_T_cur A^-1``. A flip mirrors the world, so it also swaps the 'left' /
+'right' command and negates the yaw rate (speed and acceleration are unchanged); the command is
+otherwise the one of the unrotated scene (a navigation intention does not rotate with the scene).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+
+from drive.types import COMMANDS, Features
+
+from .bev_map import bev_cell_to_ego
+from .geometry import flip_y, rot_z
+from .records import AnnotationRecord, EgoTrajectory
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation. ``enabled=False`` (validation) keeps only the resize."""
+
+    enabled: bool = False
+    image_scale: tuple[float, float] = (0.95, 1.05)  # extra zoom after the resize, then crop back to (H, W)
+    image_flip: float = 0.5  # probability of a horizontal flip, per camera
+    bev_rotation_deg: float = 22.5  # theta ~ U(-x, x)
+    bev_flip: float = 0.5  # probability of y -> -y
+    seed: Optional[int] = None  # None: fresh randomness; else deterministic per (seed, epoch, index)
+
+
+# --------------------------------------------------------------------------- image side
+
+def resize_matrix(src_wh: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 pixel map of ``cv2.resize`` from ``src_wh`` to ``dst_hw`` (edges aligned, centres at integers)."""
+    sx, sy = dst_hw[1] / src_wh[0], dst_hw[0] / src_wh[1]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def sample_image_aug(rng: np.random.Generator, cfg: AugmentConfig, hw: tuple[int, int]) -> np.ndarray:
+    """A random 3x3 scale -> crop -> flip on an ``(H, W)`` image that keeps the size ``(H, W)``."""
+    H, W = hw
+    s = float(rng.uniform(*cfg.image_scale))
+    # The crop window (H, W) inside the scaled image (s H, s W); zero padding when s < 1.
+    x0 = float(rng.uniform(min(0.0, s * W - W), max(0.0, s * W - W)))
+    y0 = float(rng.uniform(min(0.0, s * H - H), max(0.0, s * H - H)))
+    M = np.array([[s, 0.0, -x0], [0.0, s, -y0], [0.0, 0.0, 1.0]])
+    if rng.random() < cfg.image_flip:
+        M = np.array([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ M
+    return M
+
+
+def warp_image(image_HW3: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 pixel affine to an image, keeping its size (bilinear, zero border)."""
+    H, W = image_HW3.shape[:2]
+    if np.allclose(M, np.eye(3)):
+        return image_HW3
+    return cv2.warpAffine(image_HW3, M[:2], (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
+
+
+# --------------------------------------------------------------------------- BEV side
+
+@dataclass
+class BevAug:
+    """``ego' = A ego`` with ``A = flip_y^flip @ rot_z(rotation)``."""
+
+    rotation: float = 0.0  # radians
+    flip: bool = False
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return (flip_y() if self.flip else np.eye(4)) @ rot_z(self.rotation)
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, cfg: AugmentConfig) -> "BevAug":
+        theta = float(np.deg2rad(rng.uniform(-cfg.bev_rotation_deg, cfg.bev_rotation_deg)))
+        return cls(theta, bool(rng.random() < cfg.bev_flip))
+
+    def xy(self, xy: np.ndarray) -> np.ndarray:
+        """Points / vectors ``(..., 2)``."""
+        return (np.asarray(xy, np.float64) @ self.matrix[:2, :2].T).astype(np.asarray(xy).dtype)
+
+    def yaw(self, yaw: np.ndarray) -> np.ndarray:
+        """Headings: ``yaw + theta``, negated by the flip, wrapped to ``[-pi, pi)``."""
+        y = np.asarray(yaw, np.float64) + self.rotation
+        y = -y if self.flip else y
+        return ((y + np.pi) % (2 * np.pi) - np.pi).astype(np.asarray(yaw).dtype)
+
+    def global_T_ego(self, global_T_ego: np.ndarray) -> np.ndarray:
+        """Pose of the augmented ego frame: ``global_T_ego A^-1``."""
+        return global_T_ego @ self.matrix.T  # A is orthogonal
+
+    def annotations(self, ann: AnnotationRecord) -> AnnotationRecord:
+        boxes = ann.boxes.copy()
+        boxes[:, 0:2] = self.xy(boxes[:, 0:2])
+        boxes[:, 6] = self.yaw(boxes[:, 6])
+        boxes[:, 7:9] = self.xy(boxes[:, 7:9])
+        return replace(ann, boxes=boxes, past=self.xy(ann.past), future=self.xy(ann.future),
+                       future_yaw=np.where(ann.future_mask, self.yaw(ann.future_yaw), 0).astype(np.float32))
+
+    def trajectory(self, ego: EgoTrajectory) -> EgoTrajectory:
+        return replace(ego, past=self.xy(ego.past), future=self.xy(ego.future),
+                       future_yaw=np.where(ego.future_mask, self.yaw(ego.future_yaw), 0).astype(np.float32))
+
+    def features(self, f: Features) -> Features:
+        A = torch.as_tensor(self.matrix, dtype=torch.float32)
+        A_inv = torch.as_tensor(np.linalg.inv(self.matrix), dtype=torch.float32)
+        command, status = f.command, f.ego_status
+        if self.flip:
+            swap = {COMMANDS.index("left"): COMMANDS.index("right"), COMMANDS.index("right"): COMMANDS.index("left")}
+            command = torch.tensor(swap.get(int(command), int(command)), dtype=command.dtype)
+            status = status * torch.tensor([1.0, 1.0, -1.0])
+        return replace(f, ego_T_cam=A @ f.ego_T_cam, ego2img=f.ego2img @ A_inv, prev_T_cur=A @ f.prev_T_cur @ A_inv,
+                       command=command, ego_status=status)
+
+    def raster(self, raster_YX: np.ndarray, bev_range: float) -> np.ndarray:
+        """Warp a BEV raster (row = y, col = x): ``out(p') = in(A^-1 p')`` (nearest)."""
+        S = raster_YX.shape[0]
+        C = bev_cell_to_ego(bev_range, S)
+        A2 = np.eye(3)
+        A2[:2, :2] = self.matrix[:2, :2]
+        src_from_dst = np.linalg.inv(C) @ np.linalg.inv(A2) @ C
+        return cv2.warpAffine(raster_YX, src_from_dst[:2], (S, S), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -1,0 +1,143 @@
+"""BEVFormer-style view transform: BEV queries gather image features by deformable attention.
+
+A ``bev_size`` x ``bev_size`` grid of learned queries; above each cell a pillar of ``z_anchors``
+reference heights is projected into every camera with ``ego2img``. Spatial cross-attention
+samples learned offsets around each projected point (per query, head, camera, level, height,
+point) with ``F.grid_sample`` and averages over the cameras that see the pillar. Points behind
+a camera or outside its image get weight 0 (a multiplicative mask, never a boolean index).
+Each encoder layer is: temporal self-attention -> spatial cross-attention -> FFN, post-LayerNorm.
+
+Interface shared with ``view_transform_lss.BilinearLiftViewTransform``:
+``forward(feats, ego2img, image_hw, prev_bev, prev_T_cur, has_prev) -> bev_BCYX``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from drive.models.attention import FFN, BEVPositionalEmbedding, deformable_sample, init_sampling_offsets
+from drive.models.geometry import pillar_points, project_to_cameras
+from drive.models.temporal import TemporalSelfAttention, mix_first_frame, warp_prev_bev
+
+
+class SpatialCrossAttention(nn.Module):
+    """Deformable cross-attention from BEV queries to multi-camera, multi-level image features."""
+
+    def __init__(
+        self, embed_dim: int, num_cameras: int, num_levels: int, num_z: int, num_heads: int = 4, num_points: int = 2
+    ) -> None:
+        super().__init__()
+        self.n, self.h, self.l, self.z, self.p = num_cameras, num_heads, num_levels, num_z, num_points
+        self.shape = (num_cameras, num_heads, num_levels, num_z, num_points)
+        count = num_cameras * num_heads * num_levels * num_z * num_points
+        self.sampling_offsets = nn.Linear(embed_dim, count * 2)
+        init_sampling_offsets(self.sampling_offsets, self.shape + (2,), head_axis=1, point_axis=4)
+        self.attention_weights = nn.Linear(embed_dim, count)
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, query_BQC: Tensor, values_BNChw: list[Tensor], ref_grid_BNQZ2: Tensor, ref_valid_BNQZ: Tensor) -> Tensor:
+        b, q, c = query_BQC.shape
+        n, h, nl, z, p = self.shape
+        off = self.sampling_offsets(query_BQC).view(b, q, n, h, nl, z, p, 2)
+        w = self.attention_weights(query_BQC).view(b, q, n, h, nl * z * p).softmax(dim=-1)
+        w = w.view(b, q, n, h, nl, z, p) * rearrange(ref_valid_BNQZ, "b n q z -> b q n 1 1 z 1")
+        ref = rearrange(ref_grid_BNQZ2, "b n q z t -> b n 1 q z 1 t")
+        out = 0.0
+        for lvl, feat in enumerate(values_BNChw):
+            fh, fw = feat.shape[-2:]
+            value = self.value_proj(rearrange(feat, "b n c y x -> b n y x c"))
+            value = rearrange(value, "b n y x (h d) -> (b n h) d y x", h=h)
+            scale = off.new_tensor([2.0 / fw, 2.0 / fh])
+            grid = ref + rearrange(off[:, :, :, :, lvl], "b q n h z p t -> b n h q z p t") * scale
+            grid = rearrange(grid, "b n h q z p t -> (b n h) q (z p) t")
+            w_l = rearrange(w[:, :, :, :, lvl], "b q n h z p -> (b n h) q (z p)")
+            out = out + deformable_sample(value, grid, w_l)
+        out = rearrange(out, "(b n h) d q -> b n q (h d)", b=b, n=n, h=h).sum(dim=1)
+        count = ref_valid_BNQZ.amax(dim=-1).sum(dim=1).clamp(min=1.0)  # cameras that see the pillar
+        return self.output_proj(out / count[..., None])
+
+
+class BEVFormerEncoderLayer(nn.Module):
+    def __init__(self, embed_dim: int, bev_size: int, bev_range: float, num_cameras: int, num_levels: int,
+                 num_z: int, num_heads: int, num_points: int, temporal_points: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.temporal_attn = TemporalSelfAttention(embed_dim, bev_size, bev_range, num_heads, temporal_points)
+        self.spatial_attn = SpatialCrossAttention(embed_dim, num_cameras, num_levels, num_z, num_heads, num_points)
+        self.ffn = FFN(embed_dim, ffn_dim)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim)
+
+    def forward(self, query_BQC: Tensor, pos_QC: Tensor, aligned_prev_BQC: Tensor, has_prev_B: Tensor,
+                values_BNChw: list[Tensor], ref_grid_BNQZ2: Tensor, ref_valid_BNQZ: Tensor) -> Tensor:
+        prev = mix_first_frame(aligned_prev_BQC, query_BQC, has_prev_B)
+        x = self.norm1(query_BQC + self.temporal_attn(query_BQC, pos_QC, prev))
+        x = self.norm2(x + self.spatial_attn(x + pos_QC, values_BNChw, ref_grid_BNQZ2, ref_valid_BNQZ))
+        return self.norm3(x + self.ffn(x))
+
+
+class BEVFormerViewTransform(nn.Module):
+    """BEVFormer encoder: multi-camera image features -> BEV map (B, C, S, S).
+
+    Args:
+        embed_dim: C of image features and BEV map.
+        bev_size, bev_range: the BEV grid (see ``drive/types.py``).
+        num_layers: encoder layers.
+        num_cameras, num_levels: number of cameras / feature levels the model is given.
+        z_anchors: reference heights (m, ego frame) of each query pillar.
+        num_points: sampling points per (camera, head, level, height) in cross-attention.
+        temporal_points: sampling points per (queue, head) in temporal self-attention.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 64,
+        bev_size: int = 50,
+        bev_range: float = 51.2,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_cameras: int = 6,
+        num_levels: int = 1,
+        z_anchors: tuple[float, ...] = (-0.5, 0.5, 1.5, 2.5),
+        num_points: int = 2,
+        temporal_points: int = 4,
+        ffn_dim: Optional[int] = None,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.embed_dim, self.bev_size, self.bev_range, self.eps = embed_dim, bev_size, bev_range, eps
+        self.bev_queries = nn.Parameter(torch.randn(bev_size * bev_size, embed_dim) * 0.02)
+        self.bev_pos = BEVPositionalEmbedding(embed_dim, bev_size, bev_range)
+        self.camera_embed = nn.Parameter(torch.randn(num_cameras, embed_dim) * 0.02)
+        self.level_embed = nn.Parameter(torch.randn(num_levels, embed_dim) * 0.02)
+        self.register_buffer("pillars_QZ3", pillar_points(bev_size, bev_range, tuple(z_anchors)), persistent=False)
+        self.layers = nn.ModuleList(
+            BEVFormerEncoderLayer(embed_dim, bev_size, bev_range, num_cameras, num_levels, len(z_anchors),
+                                  num_heads, num_points, temporal_points, ffn_dim or 4 * embed_dim)
+            for _ in range(num_layers)
+        )
+
+    def reference_points(self, ego2img_BN44: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Project every query pillar into every camera: grid (B, N, Q, Z, 2) and valid (B, N, Q, Z)."""
+        q, z, _ = self.pillars_QZ3.shape
+        grid, valid = project_to_cameras(self.pillars_QZ3.reshape(-1, 3), ego2img_BN44, image_hw, self.eps)
+        b, n = ego2img_BN44.shape[:2]
+        return grid.view(b, n, q, z, 2), valid.view(b, n, q, z)
+
+    def forward(self, feats_BNChw: list[Tensor], ego2img_BN44: Tensor, image_hw: tuple[int, int],
+                prev_bev_BCYX: Tensor, prev_T_cur_B44: Tensor, has_prev_B: Tensor) -> Tensor:
+        b, s = ego2img_BN44.shape[0], self.bev_size
+        values = [f + self.camera_embed[None, :, :, None, None] + self.level_embed[i][None, None, :, None, None]
+                  for i, f in enumerate(feats_BNChw)]
+        ref_grid, ref_valid = self.reference_points(ego2img_BN44, image_hw)
+        aligned = warp_prev_bev(prev_bev_BCYX, prev_T_cur_B44, self.bev_range)
+        aligned_BQC = rearrange(aligned, "b c y x -> b (y x) c")
+        pos = self.bev_pos()
+        x = self.bev_queries.unsqueeze(0).expand(b, -1, -1)
+        for layer in self.layers:
+            x = layer(x, pos, aligned_BQC, has_prev_B, values, ref_grid, ref_valid)
+        return rearrange(x, "b (y x) c -> b c y x", y=s, x=s)
