@@ -21,15 +21,15 @@ WARMUP_S = 4.0
 
 @dataclass
 class WorldKnobs:
-    vehicle_gap: float = 40.0  # mean spacing (m) of through traffic per lane
-    inflow_rate: float = 0.05  # new vehicles per second per entry lane
+    vehicle_gap: float = 50.0  # mean spacing (m) of through traffic per lane
+    inflow_rate: float = 0.015  # new vehicles per second per entry lane
     lead_prob: float = 0.55  # a lead vehicle ahead of the ego
     lead_brake_prob: float = 0.5  # ... which brakes hard once
     stopped_in_lane_prob: float = 0.35  # a broken-down vehicle in the ego's lane ahead
     cut_in_prob: float = 0.35
     crossing_prob: float = 0.6  # pedestrians crossing in front of the ego, timed to meet it
     jaywalk_frac: float = 0.5  # of those, careless ones crossing mid-block
-    construction_prob: float = 0.45
+    construction_prob: float = 0.6
     parked_per_100m: float = 3.0
     peds_per_100m: float = 3.0
     cyclist_prob: float = 0.6
@@ -72,12 +72,12 @@ def _free_on(sim: Simulation, path: Path, s: float, clearance: float) -> bool:
 def _place_ego(sim: Simulation, rng, layout: Layout) -> Agent:
     junction = layout.junction_center is not None
     if junction:
-        turn = str(rng.choice(["left", "right", "straight"], p=[0.35, 0.3, 0.35]))
+        turn = str(rng.choice(["left", "right", "straight"], p=[0.4, 0.35, 0.25]))
         cands = [ln for ln in layout.lanes if ln.kind == "in" and any(
             layout.lanes[c].turn == turn for c in ln.successors)]
         lane = cands[int(rng.integers(len(cands)))]
         v0 = float(rng.uniform(8.5, 12.5))
-        s0 = max(5.0, lane.path.length - v0 * (WARMUP_S + rng.uniform(5.0, 11.0)))
+        s0 = max(5.0, lane.path.length - v0 * (WARMUP_S + rng.uniform(3.0, 9.0)))
     else:
         turn = None
         cands = [ln for ln in layout.lanes if ln.kind == "road"]
@@ -97,7 +97,8 @@ def _traffic(sim: Simulation, rng, knobs: WorldKnobs, ego: Agent) -> None:
     for lane in layout.lanes:
         if lane.kind == "connector":
             continue
-        s = float(rng.exponential(knobs.vehicle_gap)) + 5.0
+        gap = knobs.vehicle_gap * (2.0 if lane.kind == "in" and lane.id != ego_lane else 1.0)
+        s = float(rng.exponential(gap)) + 5.0
         while s < lane.path.length - 15.0:
             if lane.id == ego_lane and ego.s - 15.0 < s < ego.s + 45.0:
                 s += 20.0
@@ -107,7 +108,7 @@ def _traffic(sim: Simulation, rng, knobs: WorldKnobs, ego: Agent) -> None:
                 spawn_vehicle(sim, lane.id, s, route=route)
             else:
                 spawn_vehicle(sim, lane.id, s)
-            s += float(rng.exponential(knobs.vehicle_gap)) + 12.0
+            s += float(rng.exponential(gap)) + 12.0
 
 
 def _ego_events(sim: Simulation, rng, knobs: WorldKnobs, ego: Agent, events: list[str]) -> None:
@@ -179,22 +180,30 @@ def _crossing_peds(sim, rng, knobs: WorldKnobs, ego: Agent, events: list[str]) -
     events.append("jaywalkers" if jay else "crosswalk pedestrians")
 
 
-def _construction(sim: Simulation, rng, ego: Agent, near_ego: bool) -> None:
+def _construction(sim: Simulation, rng, ego: Agent, near_ego: bool, ego_lane_ok: bool) -> None:
+    """Cones tapering a lane closed, barriers, a construction vehicle and workers."""
     layout = sim.layout
     lanes = [ln for ln in layout.lanes if ln.kind in ("road", "in", "out") and ln.path.length > 120]
     if near_ego:
-        lane = layout.lanes[ego.route.lanes[0][0]]
-        nb = lane.left if lane.left is not None else lane.right
-        lane = layout.lanes[nb] if (nb is not None and rng.random() < 0.5) else lane
-        s0 = float(np.clip(ego.s + ego.v0 * WARMUP_S + rng.uniform(30, 90), 20, lane.path.length - 60))
+        own = layout.lanes[ego.route.lanes[0][0]]
+        same_dir, stack = set(), [own.id]
+        while stack:  # the ego's carriageway: its lane and every same-direction neighbour
+            i = stack.pop()
+            if i is not None and i not in same_dir:
+                same_dir.add(i)
+                stack += [layout.lanes[i].left, layout.lanes[i].right]
+        cands = [ln for ln in lanes if ln.road == own.road and (ego_lane_ok or ln.id not in same_dir)]
+        lane = cands[int(rng.integers(len(cands)))] if cands else own
+        ahead = ego.route.path.xy(min(ego.s + ego.v0 * (WARMUP_S + rng.uniform(2, 8)), ego.route.path.length - 1))
+        s_proj, _ = lane.path.project(ahead[None])
+        s0 = float(np.clip(s_proj[0] - 10.0, 20, lane.path.length - 60))
     else:
         lane = lanes[int(rng.integers(len(lanes)))]
         s0 = float(rng.uniform(20, lane.path.length - 60))
     length = float(rng.uniform(25, 40))
     side = 1.0 if lane.left is None else -1.0  # taper from the road edge side
-    for k, s in enumerate(np.arange(s0, s0 + length, 3.0)):
+    for s in np.arange(s0, s0 + length, 3.0):
         frac = min(1.0, (s - s0) / 12.0)
-        d = side * (LANE_W / 2) * (1 - 2 * frac) * -1 if k else side * LANE_W / 2
         xy, h = lane.path.pose(s, -side * (LANE_W / 2 - 0.3) + side * (LANE_W - 0.6) * (1 - frac))
         cone = _agent("movable_object.trafficcone", rng, "static", static_xy=xy, static_yaw=float(rng.uniform(-3, 3)))
         sim.add(cone)
@@ -277,7 +286,7 @@ def populate(sim: Simulation, rng, knobs: WorldKnobs, rich: bool = False) -> lis
     _ego_events(sim, rng, knobs, ego, events)
     if rich or rng.random() < knobs.construction_prob:
         blocked = "stopped vehicle in lane" in events  # never close both lanes: nobody could pass
-        _construction(sim, rng, ego, near_ego=(rich or rng.random() < 0.6) and not blocked)
+        _construction(sim, rng, ego, near_ego=rich or rng.random() < 0.75, ego_lane_ok=not blocked)
         events.append("construction zone")
     _traffic(sim, rng, knobs, ego)
     _roadside(sim, rng, knobs)

@@ -23,6 +23,8 @@ DETECTION_RANGE = {  # devkit detection_cvpr_2019 class ranges, by category pref
     "movable_object.barrier": ("barrier", 30),
 }
 ANNOTATION_RADIUS = 80.0  # metres around the ego inside which objects are annotated
+LIDAR_AZIMUTH_STEPS = 720  # 0.5 deg (the HDL-32E fires ~1084/rev at 20 Hz; halved to keep the world < 300 MB)
+JPEG_QUALITY = 85
 
 
 def detection_class(category: str) -> tuple[str, float] | None:
@@ -117,7 +119,8 @@ def run_scene(plan: ScenePlan, out_root: str, max_attempts: int = 6) -> SceneRes
         scans, seen = [], set()
         for sn in snaps:
             ego_T = pose_matrix(sn.ego_xy, sn.ego_yaw)
-            scan = cast_lidar(ego_T @ lidar.ego_T_sensor, sn.boxes, rng, occluders=scenery, ego_global_T=ego_T)
+            scan = cast_lidar(ego_T @ lidar.ego_T_sensor, sn.boxes, rng, n_azimuth=LIDAR_AZIMUTH_STEPS,
+                              occluders=scenery, ego_global_T=ego_T)
             scans.append(scan)
             dist = np.linalg.norm(sn.boxes[:, :2] - sn.ego_xy, axis=1) if len(sn.ids) else []
             for cat, hit, dd in zip(sn.categories, scan.hits, dist):
@@ -149,7 +152,7 @@ def run_scene(plan: ScenePlan, out_root: str, max_attempts: int = 6) -> SceneRes
                 vis[i] += res.visible_pixels.get(i, 0)
                 cov[i] += res.covered_pixels.get(i, 0)
             rel = f"samples/{sensor.channel}/{log_name}__{sensor.channel}__{ts}.jpg"
-            ok, buf = cv2.imencode(".jpg", res.image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            ok, buf = cv2.imencode(".jpg", res.image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             _write_bytes(os.path.join(out_root, rel), buf.tobytes())
             files[sensor.channel] = rel
         rel = f"samples/LIDAR_TOP/{log_name}__LIDAR_TOP__{ts}.pcd.bin"
@@ -165,7 +168,8 @@ def run_scene(plan: ScenePlan, out_root: str, max_attempts: int = 6) -> SceneRes
             level = "1" if frac < 0.4 else "2" if frac < 0.6 else "3" if frac < 0.8 else "4"
             annotations.append({"agent": aid, "keyframe": k, "category": sn.categories[i],
                                 "attribute": sn.attributes[i], "box": sn.boxes[i].tolist(),
-                                "num_lidar_pts": int(scan.hits[i]), "visibility": level})
+                                "num_lidar_pts": int(scan.hits[i]), "visibility": level,
+                                "color": [round(float(c), 4) for c in sn.colors[i]]})
     map_rel = f"maps/synth-{plan.index:04d}-{plan.layout}.png"
     mask = np.where(layout.drivable, 255, 0).astype(np.uint8)
     ok, buf = cv2.imencode(".png", mask)

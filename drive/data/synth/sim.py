@@ -43,6 +43,7 @@ class Simulation:
         self.t = 0.0
         self.inflow_rate = 0.05  # vehicles per second per entry lane
         self.spawn_region: tuple[np.ndarray, float] | None = None  # (centre, radius) where agents may appear
+        self._requests: dict[int, tuple[float, int]] = {}  # agent id -> (time it asked, connector) at a junction
 
     # ------------------------------------------------------------------ bookkeeping
     def add(self, agent: Agent) -> Agent:
@@ -133,7 +134,7 @@ class Simulation:
         vl = max(0.0, float(V[i] @ np.array([np.cos(h), np.sin(h)])))
         return (max(float(gap[k]), 0.05), vl, str(arr["kind"][i]))
 
-    def _junction(self, a: Agent, act):
+    def _junction(self, a: Agent, act, leader_gap: float = np.inf):
         """Virtual stop line while the agent's junction connector conflicts with a reserved one."""
         c = a.route.connector
         if c is None:
@@ -141,7 +142,7 @@ class Simulation:
         cid, c0, c1 = c
         front = a.s + a.center_offset + a.lwh[0] / 2
         if a.reserved:
-            if a.s - a.lwh[0] / 2 > c1:
+            if a.s - a.lwh[0] / 2 > c0 + 0.65 * (c1 - c0):  # past the conflict area
                 a.reserved = False
                 a.route = type(a.route)(a.route.path, a.route.lanes, None)
             return np.inf
@@ -149,13 +150,26 @@ class Simulation:
         if stop < -2.0:  # already past the line (spawned inside): just go
             a.reserved = True
             return np.inf
-        if stop < max(25.0, a.v**2 / 3.0 + 8.0):
-            busy = self._busy
-            if not busy & self.layout.conflicts.get(cid, set()):  # followers on the same connector are fine
+        # Only the first vehicle in line may reserve: a reservation held from behind a queue deadlocks.
+        # The priority road goes first; within a priority level, first come first served.
+        if stop < max(25.0, a.v**2 / 3.0 + 8.0) and leader_gap > stop:
+            t_req = self._requests.setdefault(a.id, (self.t, cid))[0]
+            conflicts = self.layout.conflicts.get(cid, set())
+            major = self._major(cid)
+            earlier = any(c in conflicts and self.agents[i].active and not self.agents[i].reserved
+                          and ((self._major(c) and not major) or (self._major(c) == major and t < t_req))
+                          for i, (t, c) in self._requests.items() if i != a.id)
+            if not (self._busy & conflicts) and not earlier:  # followers on the same connector are fine
                 a.reserved = True
-                busy.add(cid)
+                self._busy.add(cid)
+                self._requests.pop(a.id, None)
                 return np.inf
         return max(stop, 0.05)
+
+    def _major(self, connector_id: int) -> bool:
+        """Arms 0 and 2 form the priority road; the others yield to it."""
+        src = next(ln for ln in self.layout.lanes if connector_id in ln.successors)
+        return src.road in (0, 2)
 
     def _lane_free(self, route, s, d, a: Agent, act, P) -> bool:
         back, ahead = 6.0 + 1.2 * a.v, 8.0 + 1.0 * a.v
@@ -174,12 +188,15 @@ class Simulation:
         if a.route.connector is not None:
             turn = self.layout.lanes[a.route.connector[0]].turn
         new = route_from(self.layout, target_lane, self.rng, turn)
+        if turn and new.connector is not None and self.layout.lanes[new.connector[0]].turn != turn and not force:
+            return False  # that lane cannot make the turn this route needs
         s_new, d_new = new.path.project(rear_axle[None])
         if s_new[0] > lane.path.length - 30:  # too close to the junction
             return False
         if not force and not self._lane_free(new, float(s_new[0]), 0.0, a, act, P):
             return False
         a.route, a.s, a.d = new, float(s_new[0]), float(d_new[0])
+        self._requests.pop(a.id, None)
         a.d_target = a.extra.get("lane_offset", 0.0)
         a.reserved = False
         a.lc_cooldown = 6.0
@@ -218,7 +235,7 @@ class Simulation:
             a.v = 0.0
             return 0.0
         gap, vl, kind = self._leader(a, act, P, V)
-        stop = self._junction(a, act)
+        stop = self._junction(a, act, gap)
         if stop < gap:
             gap, vl, kind = stop, 0.0, "junction"
         a.leader_kind, a.leader_gap = kind, gap
@@ -232,7 +249,7 @@ class Simulation:
             ln = self.layout.lanes[lane]
             if a.cut_in_on is not None:
                 self._try_cut_in(a, act, P)
-            elif kind in ("static", "vehicle", "pedestrian") and gap < 35 and vl < 0.6 * a.v0 and kind != "pedestrian":
+            elif kind in ("static", "vehicle") and gap < 35 and vl < 0.6 * a.v0:
                 for side in (ln.left, ln.right):
                     if side is not None and self._change_lane(a, side, act, P):
                         break

@@ -176,7 +176,9 @@ def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, 
                              "missing_classes": r.missing_classes} for r in results],
                  "situations": {_tok(seed, "sample", r.plan.name, k): {"situation": kf["situation"],
                                                                         "leader": kf["leader"]}
-                                for r in results for k, kf in enumerate(r.keyframes)}}
+                                for r in results for k, kf in enumerate(r.keyframes)},
+                 "annotation_colours": {_tok(seed, "ann", r.plan.name, a["agent"], a["keyframe"]): a["color"]
+                                        for r in results for a in r.annotations}}
         with open(os.path.join(vdir, "drive_world.json"), "w") as f:
             json.dump(world, f, indent=1)
         if os.path.exists(out):
