@@ -102,22 +102,25 @@ def main() -> None:
 
     with torch.no_grad():
         model(*inputs)
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             model(*inputs)
             times.append(time.perf_counter() - t)
-    print(f"  forward (eval, no_grad) median {statistics.median(times) * 1e3:.0f} ms per batch of {args.batch} "
-          f"(min {min(times) * 1e3:.0f})")
+            cpu.append(time.process_time() - c)
+    # process CPU time summed over threads: with --threads 1 it estimates the uncontended latency
+    # when other jobs share the cores
+    print(f"  forward (eval, no_grad) median {statistics.median(times) * 1e3:.0f} ms wall "
+          f"(min {min(times) * 1e3:.0f}), {statistics.median(cpu) * 1e3:.0f} ms CPU, per batch of {args.batch}")
 
     if args.train_steps:
         model.train()
         targets = random_targets(args.batch, 30, cfg.map.map_size, cfg.bev_range)
         loss_cfg = LossConfig(bev_range=cfg.bev_range, map_range=cfg.map.map_range)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        times = []
+        times, cpu = [], []
         for i in range(args.train_steps + 1):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = model(*inputs, query_boxes=targets.boxes, query_labels=targets.labels, query_mask=targets.mask)
             loss = total_loss(out, targets, loss_cfg)["loss"]
             opt.zero_grad()
@@ -125,8 +128,10 @@ def main() -> None:
             opt.step()
             if i:
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
         med = statistics.median(times)
-        print(f"  train step median {med * 1e3:.0f} ms per batch of {args.batch} -> {args.batch / med:.2f} samples/s")
+        print(f"  train step median {med * 1e3:.0f} ms wall, {statistics.median(cpu) * 1e3:.0f} ms CPU, per batch of "
+              f"{args.batch} -> {args.batch / med:.2f} samples/s (wall)")
 
 
 if __name__ == "__main__":

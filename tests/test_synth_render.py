@@ -144,7 +144,8 @@ def test_ground_map_lookup_uses_mapmask_convention():
 CATEGORIES = {
     "vehicle.car": (4.6, 1.95, 1.73), "vehicle.truck": (6.9, 2.5, 2.85), "vehicle.bus.rigid": (11.0, 2.9, 3.5),
     "vehicle.bus.bendy": (18.0, 2.9, 3.4), "vehicle.trailer": (12.0, 2.9, 3.9), "vehicle.construction": (6.4, 2.8, 3.2),
-    "vehicle.motorcycle": (2.1, 0.77, 1.47), "vehicle.bicycle": (1.7, 0.6, 1.6), "human.pedestrian.adult": (0.73, 0.67, 1.77),
+    "vehicle.motorcycle": (2.1, 0.77, 1.47), "vehicle.bicycle": (1.7, 0.6, 1.6),
+    "human.pedestrian.adult": (0.73, 0.67, 1.77),
     "human.pedestrian.child": (0.5, 0.5, 1.2), "human.pedestrian.construction_worker": (0.72, 0.7, 1.8),
     "human.pedestrian.police_officer": (0.7, 0.7, 1.8), "movable_object.trafficcone": (0.41, 0.41, 1.07),
     "movable_object.barrier": (0.5, 2.5, 0.98), "scenery.building": (20.0, 15.0, 12.0), "scenery.tree": (4.0, 4.0, 7.0),
@@ -189,3 +190,23 @@ def test_lighting_exposure_and_noise():
     a = render_camera(EMPTY, objs, K, camera_pose(), W, H, dusk, np.random.default_rng(1)).image
     b = render_camera(EMPTY, objs, K, camera_pose(), W, H, dusk, np.random.default_rng(2)).image
     assert np.any(a != b) and np.abs(a.astype(int) - b.astype(int)).mean() < 6
+
+
+def test_busy_scene_buffers_are_consistent():
+    rng = np.random.default_rng(4)
+    cats = list(CATEGORIES)
+    objects = []
+    for i in range(60):
+        cat = cats[i % len(cats)]
+        lwh = np.array(CATEGORIES[cat]) * rng.uniform(0.8, 1.2, 3)
+        xy = rng.uniform(-30, 30, 2)
+        objects.append(RenderObject(cat, np.array([*xy, lwh[2] / 2]), rng.uniform(-3, 3), lwh, rng.uniform(0, 1, 3),
+                                    1000 + i, int(rng.integers(10)), bool(i % 2), rng.uniform(0, 6)))
+    res = render(objects, camera_pose(yaw=0.3))
+    ids = res.object_id[res.object_id >= 0]
+    assert set(np.unique(ids)) <= {o.object_id for o in objects}
+    assert sum(res.visible_pixels.values()) == len(ids) > 1000
+    for o in objects:
+        assert res.visible_pixels[o.object_id] <= res.covered_pixels[o.object_id]
+        assert res.visible_pixels[o.object_id] == np.count_nonzero(res.object_id == o.object_id)
+    assert np.all(res.depth[res.object_id >= 0] >= 0.1 - 1e-4) and np.all(np.isfinite(res.depth[res.object_id >= 0]))

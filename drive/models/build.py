@@ -64,9 +64,9 @@ class DetectionConfig:
 
 @dataclass
 class MapConfig:
-    map_size: int = 100
+    map_size: int = 200  # the data layer's default drivable raster (0.512 m cells over +-51.2 m)
     map_range: float = 51.2
-    hidden: int = 32
+    hidden: int = 16
 
 
 @dataclass
@@ -173,7 +173,8 @@ def cloud_config(**overrides: object) -> ModelConfig:
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
-    """For tests: 6 x 64 x 96 images, width-8 ResNet, C = 32, 16 x 16 BEV, 1 layer, K = 20."""
+    """For tests: 6 x 64 x 96 images, width-8 ResNet, C = 32, 16 x 16 BEV, 1 layer, K = 20, and a
+    5-iteration feasibility layer that treats every agent as real (threshold 0) so all its terms run."""
     cfg = ModelConfig(
         embed_dim=32, bev_size=16, image_hw=(64, 96),
         backbone=BackboneConfig(layers=(1, 1, 1, 1), base_width=8, num_groups=4),
@@ -182,5 +183,6 @@ def tiny_config(**overrides: object) -> ModelConfig:
         map=MapConfig(map_size=32, hidden=16),
         motion=MotionConfig(num_layers=1),
         planning=PlanningConfig(num_layers=1),
+        feasibility=FeasibilityConfig(iterations=5, score_threshold=0.0),
     )
     return replace(cfg, **overrides)

@@ -110,7 +110,7 @@ class FeasibilityLayer(nn.Module):
 
     def smooth_gradient(self, x_BT2: Tensor, plan_BT2: Tensor) -> Tensor:
         """Gradient of fidelity + jerk + curvature."""
-        g = x_BT2 - plan_BT2 + self.w_jerk * torch.einsum("st,btd->bsd", self.jtj_TT, x_BT2)
+        g = x_BT2 - plan_BT2 + self.w_jerk * torch.matmul(self.jtj_TT, x_BT2)
         return g + self.w_curvature * self.curvature_grad(x_BT2)
 
     def gradient(self, x_BT2: Tensor, plan_BT2: Tensor, agents_BAT2: Tensor, weight_BA: Tensor) -> Tensor:
@@ -121,7 +121,7 @@ class FeasibilityLayer(nn.Module):
         """One update: smooth terms preconditioned by the constant inverse Hessian, collision by its
         per-waypoint Gauss-Newton diagonal, then clipped to ``max_step`` metres per waypoint."""
         g_col, active = self.collision_grad(x_BT2, agents_BAT2, weight_BA)
-        step = torch.einsum("st,btd->bsd", self.precond_TT, self.smooth_gradient(x_BT2, plan_BT2))
+        step = torch.matmul(self.precond_TT, self.smooth_gradient(x_BT2, plan_BT2))
         step = step + self.w_collision * g_col / (1.0 + self.w_collision * active)[..., None]
         step = self.step_size * step
         norm = (step.pow(2).sum(-1, keepdim=True) + 1e-12).sqrt()

@@ -57,7 +57,7 @@ def project_to_cameras(
     """
     ones = points_P3.new_ones(points_P3.shape[0], 1)
     pts_P4 = torch.cat([points_P3, ones], dim=-1)
-    cam_BNP4 = torch.einsum("bnij,pj->bnpi", ego2img_BN44, pts_P4)
+    cam_BNP4 = torch.matmul(ego2img_BN44, pts_P4.T).transpose(-1, -2)  # matmul, not einsum: friendlier to edge compilers
     depth = cam_BNP4[..., 2:3]
     uv = cam_BNP4[..., 0:2] / depth.clamp(min=eps)
     grid = pixels_to_grid(uv, image_hw)
@@ -75,10 +75,6 @@ def ego_motion_grid(prev_T_cur_B44: Tensor, size: int, bev_range: float) -> Tens
     """
     xy = bev_cell_centers(size, bev_range).to(prev_T_cur_B44).reshape(-1, 2)
     pts = torch.cat([xy, xy.new_zeros(xy.shape[0], 1), xy.new_ones(xy.shape[0], 1)], dim=-1)
-    prev = torch.einsum("bij,pj->bpi", prev_T_cur_B44, pts)
+    prev = torch.matmul(prev_T_cur_B44, pts.T).transpose(-1, -2)
     return (prev[..., 0:2] / bev_range).reshape(-1, size, size, 2)
 
-
-def xy_to_bev_grid(xy: Tensor, bev_range: float) -> Tensor:
-    """Ego ``(x, y)`` (..., 2) -> normalised BEV sampling coordinates (align_corners=False)."""
-    return xy / bev_range

@@ -18,7 +18,7 @@ from .render import CROSSWALK, GRASS, LANE_WHITE, LANE_YELLOW, ROAD, SHOULDER, S
 LAYOUTS = ("intersection", "straight", "t_junction", "curve")
 LANE_W = 3.5
 SHOULDER_W = 2.5
-SIDEWALK_W = 3.0
+SIDEWALK_W = 4.0
 RES = 0.1
 STOP_BACK = 3.5  # stop line this far before the end of an incoming lane (crosswalk lies beyond)
 

@@ -57,7 +57,7 @@ def _ray_box_pairs(centers_l: np.ndarray, radii: np.ndarray, elev: np.ndarray, a
 
 def _slab(origin_b: np.ndarray, dir_b: np.ndarray, half: np.ndarray):
     """Entry distance of rays (origin, direction in the box frame) into centred boxes; inf when missed or when
-    the ray starts inside. Also returns |cos| of the incidence angle on the entry face."""
+    the ray starts inside. Also returns the chord length inside the box and |cos| of the incidence angle."""
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / np.where(np.abs(dir_b) < 1e-12, 1e-12, dir_b)
         t1 = (-half - origin_b) * inv
@@ -68,7 +68,7 @@ def _slab(origin_b: np.ndarray, dir_b: np.ndarray, half: np.ndarray):
     t_far = t_max.min(1)
     hit = (t_near <= t_far) & (t_near > 0)
     cos_inc = np.abs(np.take_along_axis(dir_b, axis[:, None], 1)[:, 0])
-    return np.where(hit, t_near, np.inf), cos_inc
+    return np.where(hit, t_near, np.inf), t_far - t_near, cos_inc
 
 
 def cast_lidar(global_T_lidar: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, n_beams: int = 32,
@@ -77,7 +77,8 @@ def cast_lidar(global_T_lidar: np.ndarray, boxes: np.ndarray, rng: np.random.Gen
                range_noise: float = 0.015) -> LidarScan:
     """One sweep. ``boxes`` / ``occluders``: (N, 7) / (K, 7) global x, y, z (centre), l, w, h, yaw. Occluders
     block rays but are not counted. ``ego_global_T`` is global_T_ego: returns inside the ego footprint are dropped.
-    Ring index 0 is the lowest beam."""
+    ``range_noise``: std (m) of the range error; box returns err inwards only (|noise|), so each of the
+    ``hits[i]`` returns of box i lies inside box i. Ring index 0 is the lowest beam."""
     boxes = np.asarray(boxes, float).reshape(-1, 7)
     n_annotated = len(boxes)
     occluders = np.zeros((0, 7)) if occluders is None else np.asarray(occluders, float).reshape(-1, 7)
@@ -97,6 +98,7 @@ def cast_lidar(global_T_lidar: np.ndarray, boxes: np.ndarray, rng: np.random.Gen
         t_best[:] = np.inf
     owner = np.full(len(dirs_l), -1, np.int64)  # -1 ground, else index into ``every``
     cos_best = np.abs(dirs_g[:, 2])
+    chord_best = np.full(len(dirs_l), np.inf)  # length of the ray inside the box it hits
 
     if len(every):
         radii = 0.5 * np.linalg.norm(every[:, 3:6], axis=1)
@@ -112,16 +114,22 @@ def cast_lidar(global_T_lidar: np.ndarray, boxes: np.ndarray, rng: np.random.Gen
             d = dirs_g[ray]
             cb, sb = c[box], s[box]
             dir_b = np.stack([cb * d[:, 0] + sb * d[:, 1], -sb * d[:, 0] + cb * d[:, 1], d[:, 2]], 1)
-            t, cos_inc = _slab(origin_b[box], dir_b, every[box, 3:6] / 2)
+            t, chord, cos_inc = _slab(origin_b[box], dir_b, every[box, 3:6] / 2)
             hit = np.flatnonzero(t < t_best[ray])
-            ray, box, t, cos_inc = ray[hit], box[hit], t[hit], cos_inc[hit]
+            ray, box, t, chord, cos_inc = ray[hit], box[hit], t[hit], chord[hit], cos_inc[hit]
             np.minimum.at(t_best, ray, t)
             win = np.flatnonzero(t == t_best[ray])
             owner[ray[win]] = box[win]
+            chord_best[ray[win]] = chord[win]
             cos_best[ray[win]] = cos_inc[win]
 
     keep = np.flatnonzero(t_best <= max_range)
-    t = t_best[keep] + rng.normal(0.0, range_noise, len(keep))
+    noise = rng.normal(0.0, range_noise, len(keep))
+    # returns from boxes err inwards only and never past the box's far side, so every return counted in
+    # ``hits`` lies inside its box (as the devkit's points_in_box sees it); ground returns err both ways
+    margin = 1e-3 if range_noise > 0 else 0.0  # 1 mm survives float32 storage and pose round trips
+    inward = np.minimum(np.abs(noise) + margin, 0.5 * chord_best[keep])
+    t = t_best[keep] + np.where(owner[keep] >= 0, inward, noise)
     points = dirs_l[keep] * t[:, None]
     if ego_global_T is not None:
         ego_T_lidar = np.linalg.inv(ego_global_T) @ global_T_lidar

@@ -16,6 +16,7 @@ import numpy as np
 
 MAX_VERTS = 8
 PLAIN, WINDOWS, STRIPES = 0, 1, 2  # per-face surface patterns, evaluated per pixel by the renderer
+ALWAYS, NEAR_ONLY, FAR_ONLY = 0, 1, 2  # level of detail of a face: detail parts vs. cheap far-away proxies
 
 GLASS = (0.10, 0.12, 0.15)
 TYRE = (0.05, 0.05, 0.05)
@@ -32,72 +33,82 @@ class Mesh:
     normals: np.ndarray  # (F, 3) outward unit normals
     colors: np.ndarray  # (F, 3) RGB 0..1 (unlit)
     pattern: np.ndarray  # (F,) int8: PLAIN, WINDOWS or STRIPES
-    detail: np.ndarray  # (F,) bool: dropped when the object is only a few pixels tall
+    detail: np.ndarray  # (F,) int8 ALWAYS / NEAR_ONLY / FAR_ONLY (drawn when the object is only a few pixels big)
     overflow: float  # how far (m) the builder poked out of the box before clipping (0 when the design fits)
+
+
+def _pad(faces: np.ndarray) -> np.ndarray:
+    """(F, n, 3) -> (F, MAX_VERTS, 3) by repeating the last vertex (a convex polygon stays the same)."""
+    return np.concatenate([faces, np.repeat(faces[:, -1:], MAX_VERTS - faces.shape[1], axis=1)], 1)
 
 
 class _Builder:
     def __init__(self, rng: np.random.Generator):
         self.rng = rng
-        self.faces: list[np.ndarray] = []
-        self.centres: list[np.ndarray] = []
-        self.colors: list = []
-        self.pattern: list[int] = []
-        self.detail: list[bool] = []
+        self.polys: list[np.ndarray] = []  # (F_k, MAX_VERTS, 3) per solid / decal
+        self.centres: list[np.ndarray] = []  # (F_k, 3): a point inside the solid, to orient normals outwards
+        self.colors: list[np.ndarray] = []
+        self.pattern: list[np.ndarray] = []
+        self.detail: list[np.ndarray] = []
 
-    def solid(self, ring0, ring1, side, cap0=None, cap1=None, pattern=PLAIN, detail=False, jitter=0.04):
-        """Closed convex loft between two parallel rings of corresponding vertices (n, 3)."""
+    def _add(self, polys, centre, colors, pattern, detail):
+        self.polys.append(polys)
+        self.centres.append(np.broadcast_to(centre, (len(polys), 3)))
+        self.colors.append(colors)
+        self.pattern.append(pattern)
+        self.detail.append(np.full(len(polys), detail, np.int8))
+
+    def solid(self, ring0, ring1, side, cap0=None, cap1=None, pattern=PLAIN, detail=ALWAYS, jitter=0.04):
+        """Closed convex loft between two parallel rings of corresponding vertices (n, 3). ``side`` is one colour
+        or one per side face (side k joins ring vertices k and k + 1)."""
         ring0, ring1 = np.asarray(ring0, float), np.asarray(ring1, float)
         n = len(ring0)
-        sides = side if isinstance(side, list) else [side] * n
-        faces = [ring0, ring1] + [np.stack([ring0[i], ring0[(i + 1) % n], ring1[(i + 1) % n], ring1[i]]) for i in range(n)]
-        colors = [cap0 if cap0 is not None else sides[0], cap1 if cap1 is not None else sides[0]] + sides
-        centre = (ring0.mean(0) + ring1.mean(0)) / 2
-        for k, (face, color) in enumerate(zip(faces, colors)):
-            shade = 1.0 + jitter * self.rng.standard_normal()
-            self.faces.append(face)
-            self.centres.append(centre)
-            self.colors.append(np.clip(np.asarray(color, float) * shade, 0, 1))
-            self.pattern.append(pattern if k >= 2 else PLAIN)
-            self.detail.append(detail)
+        nxt = np.roll(np.arange(n), -1)
+        sides = _pad(np.stack([ring0, ring0[nxt], ring1[nxt], ring1], 1))
+        caps = np.stack([ring0, ring1]) if n == MAX_VERTS else _pad(np.stack([ring0, ring1]))
+        side = np.broadcast_to(np.asarray(side, float), (n, 3))
+        colors = np.concatenate([[side[0] if cap0 is None else cap0], [side[0] if cap1 is None else cap1], side])
+        colors = np.clip(colors * (1.0 + jitter * self.rng.standard_normal(n + 2))[:, None], 0, 1)
+        pat = np.full(n + 2, pattern, np.int8)
+        pat[:2] = PLAIN
+        self._add(np.concatenate([caps, sides]), (ring0.mean(0) + ring1.mean(0)) / 2, colors, pat, detail)
 
-    def decal(self, poly, color, outward, detail=True):
+    def decal(self, poly, color, outward, detail=NEAR_ONLY):
         """A single one-sided face (e.g. a lamp) lying just outside a solid; ``outward`` is its normal."""
-        poly = np.asarray(poly, float)
-        self.faces.append(poly)
-        self.centres.append(poly.mean(0) - np.asarray(outward, float))
-        self.colors.append(np.asarray(color, float))
-        self.pattern.append(PLAIN)
-        self.detail.append(detail)
+        poly = np.asarray(poly, float)[None]
+        self._add(_pad(poly), poly[0].mean(0) - np.asarray(outward, float), np.array([color], float),
+                  np.array([PLAIN], np.int8), detail)
 
-    def box(self, lo, hi, side, top=None, bottom=None, pattern=PLAIN, detail=False, jitter=0.04):
+    def box(self, lo, hi, side, top=None, bottom=None, pattern=PLAIN, detail=ALWAYS, jitter=0.04):
         """Axis-aligned box; ``side`` is one colour or [right(-y), front(+x), left(+y), rear(-x)]."""
         (x0, y0, z0), (x1, y1, z1) = lo, hi
-        rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-        self.solid(np.c_[rect, np.full(4, z0)], np.c_[rect, np.full(4, z1)], side, bottom, top, pattern, detail, jitter)
+        ring0 = np.array([[x0, y0, z0], [x1, y0, z0], [x1, y1, z0], [x0, y1, z0]], float)
+        ring1 = ring0.copy()
+        ring1[:, 2] = z1
+        self.solid(ring0, ring1, side, bottom, top, pattern, detail, jitter)
 
-    def taper(self, z0, z1, bottom_rect, top_rect, side, top=None, detail=False):
+    def taper(self, z0, z1, bottom_rect, top_rect, side, top=None, detail=ALWAYS):
         """Frustum between two axis-aligned rectangles (x0, x1, y0, y1) at heights z0 and z1."""
         def ring(r, z):
             return [[r[0], r[2], z], [r[1], r[2], z], [r[1], r[3], z], [r[0], r[3], z]]
         self.solid(ring(bottom_rect, z0), ring(top_rect, z1), side, None, top, detail=detail)
 
-    def column(self, cx, cy, z0, z1, r0, r1, side, top=None, n=8, detail=False, jitter=0.04):
-        """Octagonal frustum around a vertical axis; radii may be (rx, ry) pairs."""
+    def column(self, cx, cy, z0, z1, r0, r1, side, top=None, n=8, detail=ALWAYS, jitter=0.04):
+        """Octagonal (n-gonal) frustum around a vertical axis; radii may be (rx, ry) pairs."""
         a = np.arange(n) * 2 * np.pi / n + np.pi / n
         r0, r1 = np.broadcast_to(r0, 2), np.broadcast_to(r1, 2)
-        ring0 = np.c_[cx + r0[0] * np.cos(a), cy + r0[1] * np.sin(a), np.full(n, z0)]
-        ring1 = np.c_[cx + r1[0] * np.cos(a), cy + r1[1] * np.sin(a), np.full(n, z1)]
+        ring0 = np.stack([cx + r0[0] * np.cos(a), cy + r0[1] * np.sin(a), np.full(n, z0)], 1)
+        ring1 = np.stack([cx + r1[0] * np.cos(a), cy + r1[1] * np.sin(a), np.full(n, z1)], 1)
         self.solid(ring0, ring1, side, None, top, detail=detail, jitter=jitter)
 
-    def wheel(self, cx, cz, r, y0, y1, color=TYRE, detail=True):
+    def wheel(self, cx, cz, r, y0, y1, color=TYRE, detail=NEAR_ONLY):
         """Octagonal disc with its axle along y."""
         a = np.arange(8) * np.pi / 4 + np.pi / 8
-        xz = np.c_[cx + r * np.cos(a), cz + r * np.sin(a)]
-        self.solid(np.c_[xz[:, 0], np.full(8, y0), xz[:, 1]], np.c_[xz[:, 0], np.full(8, y1), xz[:, 1]],
-                   color, detail=detail, jitter=0.1)
+        x, z = cx + r * np.cos(a), cz + r * np.sin(a)
+        self.solid(np.stack([x, np.full(8, y0), z], 1), np.stack([x, np.full(8, y1), z], 1), color, detail=detail,
+                   jitter=0.1)
 
-    def beam(self, p0, p1, thick, color, detail=False):
+    def beam(self, p0, p1, thick, color, detail=ALWAYS):
         """Square-section bar from p0 to p1 (thickness ``thick``); its corners stay within thick/2 of the segment."""
         p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
         u = (p1 - p0) / max(np.linalg.norm(p1 - p0), 1e-9)
@@ -109,18 +120,15 @@ class _Builder:
         self.solid(p0 + ring, p1 + ring, color, detail=detail)
 
     def build(self, half: np.ndarray) -> Mesh:
-        n = len(self.faces)
-        polys = np.empty((n, MAX_VERTS, 3))
-        for i, f in enumerate(self.faces):
-            polys[i, : len(f)] = f
-            polys[i, len(f):] = f[-1]
+        polys = np.concatenate(self.polys)
         overflow = float(np.max(np.abs(polys) - half, initial=0.0))
         polys = np.clip(polys, -half, half)  # safety net; the builders below are designed to fit
         normals = np.cross(polys, np.roll(polys, -1, axis=1)).sum(1)  # Newell's method
         normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-        outward = np.einsum("fk,fk->f", normals, polys.mean(1) - np.array(self.centres))
+        outward = np.einsum("fk,fk->f", normals, polys.mean(1) - np.concatenate(self.centres))
         normals[outward < 0] *= -1
-        return Mesh(polys, normals, np.array(self.colors), np.array(self.pattern, np.int8), np.array(self.detail), overflow)
+        return Mesh(polys, normals, np.concatenate(self.colors), np.concatenate(self.pattern),
+                    np.concatenate(self.detail), overflow)
 
 
 def _scaled(color, k):
@@ -145,16 +153,19 @@ def _wheels(b: _Builder, xs, r, w, h, width=0.22):
 def _car(b, l, w, h, c, v):
     style = v % 3  # sedan, hatchback, SUV / van
     r = min(0.36, 0.21 * h, 0.16 * l)
-    z0, zb = -h / 2 + 0.45 * r, -h / 2 + (0.52 if style < 2 else 0.5) * h
+    z0, zb = -h / 2 + 0.45 * r, -h / 2 + (0.56 if style < 2 else 0.52) * h
     _wheels(b, [l / 2 - 1.45 * r - 0.1 * l * (style == 2), -l / 2 + 1.55 * r], r, w, h, min(0.22, 0.12 * w))
     b.box((-l / 2 + 0.03, -w / 2 + 0.04, z0), (l / 2 - 0.03, w / 2 - 0.04, zb), c)
     _lights(b, l, w, zb - 0.15, zb - 0.05)
-    a, e = [(0.22, 0.18), (0.30, 0.03), (0.22, 0.03)][style]  # cabin front / rear offsets (fractions of l)
+    a, e = [(0.24, 0.18), (0.30, 0.03), (0.22, 0.03)][style]  # cabin front / rear offsets (fractions of l)
     t = [0.28, 0.20, 0.06][style]  # taper of the windscreen
     x0, x1 = -l / 2 + e * l, l / 2 - a * l
     y = w / 2 - 0.1
-    b.taper(zb, h / 2, (x0, x1, -y, y), (x0 + 0.5 * t * (x1 - x0) * (style == 0), x1 - t * (x1 - x0), -y + 0.08, y - 0.08),
-            GLASS, top=c)
+    top = (x0 + 0.5 * t * (x1 - x0) * (style == 0), x1 - t * (x1 - x0), -y + 0.08, y - 0.08)
+    zr = h / 2 - 0.07 * h
+    glass = _scaled(GLASS, 1.4)
+    b.taper(zb, zr, (x0, x1, -y, y), top, [glass, glass, glass, glass], top=c)
+    b.taper(zr, h / 2, top, (top[0] + 0.03, top[1] - 0.03, top[2] + 0.02, top[3] - 0.02), c)
 
 
 def _truck(b, l, w, h, c, v):
@@ -167,7 +178,8 @@ def _truck(b, l, w, h, c, v):
     b.taper(-h / 2 + 0.55 * h, zt, (l / 2 - cab, l / 2 - 0.02, -w / 2 + 0.08, w / 2 - 0.08),
             (l / 2 - cab, l / 2 - 0.2, -w / 2 + 0.12, w / 2 - 0.12), GLASS, top=c)
     _lights(b, l, w, zc + 0.1, zc + 0.25, x=l / 2)
-    b.box((-l / 2 + 0.1, -w / 2 + 0.4, -h / 2 + 0.6 * r), (l / 2 - cab, w / 2 - 0.4, -h / 2 + 1.8 * r), TYRE, detail=True)
+    b.box((-l / 2 + 0.1, -w / 2 + 0.4, -h / 2 + 0.6 * r), (l / 2 - cab, w / 2 - 0.4, -h / 2 + 1.8 * r), TYRE,
+          detail=NEAR_ONLY)  # chassis
     cargo = [(0.85, 0.85, 0.83), (0.55, 0.57, 0.60), c, (0.70, 0.18, 0.12)][v % 4]
     b.box((-l / 2 + 0.01, -w / 2, -h / 2 + 1.8 * r), (l / 2 - cab - 0.15, w / 2, h / 2), cargo, top=_scaled(cargo, 0.9))
 
@@ -192,12 +204,12 @@ def _trailer(b, l, w, h, c, v):
     r = min(0.5, 0.13 * h)
     _wheels(b, [-l / 2 + 3.6 * r, -l / 2 + 1.3 * r], r, w, h, 0.3)
     base = -h / 2 + max(2.1 * r, 0.25 * h)
-    b.box((-l / 2, -w / 2 + 0.3, -h / 2 + 1.5 * r), (l / 2 - 0.3, w / 2 - 0.3, base), TYRE, detail=True)
+    b.box((-l / 2, -w / 2 + 0.3, -h / 2 + 1.5 * r), (l / 2 - 0.3, w / 2 - 0.3, base), TYRE, detail=NEAR_ONLY)
     b.box((-l / 2, -w / 2, base), (l / 2 - 0.6, w / 2, h / 2), c, top=_scaled(c, 0.9))
-    b.beam((l / 2 - 0.6, 0, base + 0.1), (l / 2 - 0.05, 0, base + 0.1), 0.1, CHROME, detail=True)
+    b.beam((l / 2 - 0.6, 0, base + 0.1), (l / 2 - 0.05, 0, base + 0.1), 0.1, CHROME, detail=NEAR_ONLY)
     for y in (-1, 1):
-        b.box((0.3 * l - 0.05, y * (w / 2 - 0.5) - 0.05, -h / 2), (0.3 * l + 0.05, y * (w / 2 - 0.5) + 0.05, base), CHROME,
-              detail=True)
+        yl = y * (w / 2 - 0.5)  # landing gear
+        b.box((0.3 * l - 0.05, yl - 0.05, -h / 2), (0.3 * l + 0.05, yl + 0.05, base), CHROME, detail=NEAR_ONLY)
 
 
 def _construction(b, l, w, h, c, v):
@@ -237,7 +249,8 @@ def _person(b, x, y, z0, z1, w_max, l_max, c, v, phase, kind="adult", seated=Fal
         for side, sgn in ((-1, 1), (1, -1)):
             a = sgn * amp * np.sin(phase)
             foot = np.array([x + leg * np.sin(a), y + side * tw / 4, hip - leg * np.cos(a) + lt / 2 * abs(np.sin(a))])
-            b.beam((x, y + side * tw / 4, hip), foot, lt, legs, detail=False)
+            b.beam((x, y + side * tw / 4, hip), foot, lt, legs, detail=NEAR_ONLY)
+        b.box((x - lt / 2, y - tw / 2 + 0.02, z0), (x + lt / 2, y + tw / 2 - 0.02, hip), legs, detail=FAR_ONLY)
     b.box((x - td / 2, y - tw / 2, hip), (x + td / 2, y + tw / 2, sho), shirt)
     at = min(0.09, (w_max - tw) / 2 - 0.005)
     if at > 0.02:
@@ -247,9 +260,11 @@ def _person(b, x, y, z0, z1, w_max, l_max, c, v, phase, kind="adult", seated=Fal
             ya = y + side * (tw / 2 + at / 2)
             tilt = 0.9 if seated else 0.0
             b.beam((x, ya, sho - at / 2), (x + arm * np.sin(a + tilt), ya, sho - at / 2 - arm * np.cos(a + tilt)), at,
-                   shirt, detail=True)
-    hr = min(0.065 * h, 0.5 * (z1 - sho) - 0.01, tw / 2, td / 2 + 0.02)
-    b.column(x, y, sho + 0.03, z1, (hr, 0.85 * hr), (0.8 * hr, 0.7 * hr), skin, top=helmet or (0.15, 0.1, 0.06))
+                   shirt, detail=NEAR_ONLY)
+    hr = min(0.07 * h, 0.5 * (z1 - sho) - 0.01, tw / 2, td / 2 + 0.02)
+    neck = sho + 0.3 * (z1 - sho)
+    b.column(x, y, sho, neck, (0.5 * hr, 0.45 * hr), (0.9 * hr, 0.8 * hr), skin, detail=NEAR_ONLY)
+    b.column(x, y, neck, z1, (0.9 * hr, 0.8 * hr), (0.75 * hr, 0.65 * hr), skin, top=helmet or (0.15, 0.1, 0.06))
 
 
 def _pedestrian(b, l, w, h, c, v, phase, kind):
@@ -268,18 +283,18 @@ def _cycle(b, l, w, h, c, v, phase, rider, motor):
     if motor:
         b.box((-0.25 * l, -t, axle - 0.2 * r), (0.2 * l, t, axle + 0.8 * r), (0.15, 0.15, 0.16))
         b.box((0.0, -t, axle + 0.8 * r), (0.22 * l, t, axle + 1.3 * r), c)
-        b.box((-0.35 * l, -t, axle + 0.8 * r), (0.0, t, seat[2]), (0.05, 0.05, 0.05), detail=True)
+        b.box((-0.35 * l, -t, axle + 0.8 * r), (0.0, t, seat[2]), (0.05, 0.05, 0.05), detail=NEAR_ONLY)
         b.box((bar[0] - 0.1, -t, axle + 0.8 * r), (bar[0] + 0.05, t, bar[2] - 0.05), c)
-        b.box((bar[0] - 0.06, -w / 2 + 0.03, bar[2] - 0.05), (bar[0], w / 2 - 0.03, bar[2]), CHROME, detail=True)
+        b.box((bar[0] - 0.06, -w / 2 + 0.03, bar[2] - 0.05), (bar[0], w / 2 - 0.03, bar[2]), CHROME, detail=NEAR_ONLY)
     else:
         crank = (0.0, 0.0, axle)
         b.beam((-l / 2 + r, 0, axle), crank, ft, c)
         b.beam(crank, (seat[0], 0, seat[2] - 0.05), ft, c)
         b.beam(crank, (bar[0] - 0.05, 0, bar[2] - 0.1), ft, c)
         b.beam((seat[0], 0, seat[2] - 0.1), (bar[0] - 0.05, 0, bar[2] - 0.1), ft, c)
-        b.beam((bar[0] - 0.05, 0, bar[2] - 0.1), (l / 2 - r, 0, axle), ft, c, detail=True)
+        b.beam((bar[0] - 0.05, 0, bar[2] - 0.1), (l / 2 - r, 0, axle), ft, c, detail=NEAR_ONLY)
         b.box((bar[0] - 0.04, -min(0.3, w / 2 - 0.01), bar[2] - 0.04), (bar[0], min(0.3, w / 2 - 0.01), bar[2]),
-              CHROME, detail=True)
+              CHROME, detail=NEAR_ONLY)
     if rider:
         z1 = h / 2
         hip = seat[2]
@@ -290,7 +305,7 @@ def _cycle(b, l, w, h, c, v, phase, rider, motor):
             for side in (-1, 1):
                 y = side * min(0.1, w / 2 - 0.04)
                 b.beam((seat[0] + 0.1, y, hip), (seat[0] + 0.25, y, max(axle, -h / 2 + 0.06)), 0.1,
-                       TROUSERS[(v // 4) % 4], detail=True)
+                       TROUSERS[(v // 4) % 4], detail=NEAR_ONLY)
 
 
 def _cone(b, l, w, h, c, v):
@@ -300,7 +315,8 @@ def _cone(b, l, w, h, c, v):
     z = -h / 2 + 0.05 * h + np.array([0.0, 0.45, 0.7, 1.0]) * 0.95 * h
     radius = [r0 * (1 - 0.8 * k) for k in (0.0, 0.45, 0.7, 1.0)]
     for i, color in enumerate((orange, white, orange)):
-        b.column(0, 0, z[i], z[i + 1], radius[i], radius[i + 1], color)
+        b.column(0, 0, z[i], z[i + 1], radius[i], radius[i + 1], color, detail=NEAR_ONLY)
+    b.column(0, 0, z[0], z[3], radius[0], radius[3], orange, n=4, detail=FAR_ONLY)
 
 
 def _barrier(b, l, w, h, c, v):

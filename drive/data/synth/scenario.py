@@ -164,6 +164,7 @@ def _crossing_peds(sim, rng, knobs: WorldKnobs, ego: Agent, events: list[str]) -
         side = rng.choice([-1, 1])
         cw = Path(resample(np.stack([p_meet + side * nrm * span, p_meet - side * nrm * span])))
     n = int(rng.integers(1, 4))
+    group_speed = float(rng.uniform(1.1, 1.6))
     for k in range(n):
         cat = "human.pedestrian.child" if rng.random() < 0.15 else "human.pedestrian.adult"
         approach = float(rng.uniform(1.0, 1.5)) * meet_t * 0.5
@@ -172,8 +173,8 @@ def _crossing_peds(sim, rng, knobs: WorldKnobs, ego: Agent, events: list[str]) -
         pre = start + approach * np.array([np.cos(back), np.sin(back)])
         path = Path(resample(np.concatenate([np.stack([pre, start]), cw.points[1:]])))
         a = _agent(cat, rng, "walk", route=Route(path, [(-1, 0.0, path.length)], None),
-                   s=float(rng.uniform(0, 1.5)) + k * 0.8, v0=float(rng.uniform(1.1, 1.6)))
-        a.d = float(rng.uniform(-0.6, 0.6))
+                   s=float(rng.uniform(0, 0.5)), v0=group_speed)
+        a.d = (k - (n - 1) / 2) * 0.85  # side by side, walking together
         a.cross = (approach, approach + cw.length)
         a.careful_ttc = 0.8 if jay else 3.0
         sim.add(a)
@@ -201,22 +202,22 @@ def _construction(sim: Simulation, rng, ego: Agent, near_ego: bool, ego_lane_ok:
         lane = lanes[int(rng.integers(len(lanes)))]
         s0 = float(rng.uniform(20, lane.path.length - 60))
     length = float(rng.uniform(25, 40))
-    side = 1.0 if lane.left is None else -1.0  # taper from the road edge side
-    for s in np.arange(s0, s0 + length, 3.0):
-        frac = min(1.0, (s - s0) / 12.0)
-        xy, h = lane.path.pose(s, -side * (LANE_W / 2 - 0.3) + side * (LANE_W - 0.6) * (1 - frac))
-        cone = _agent("movable_object.trafficcone", rng, "static", static_xy=xy, static_yaw=float(rng.uniform(-3, 3)))
-        sim.add(cone)
-    for j in range(2):
-        xy, h = lane.path.pose(s0 + 2.0 + 1.0 * j, (j - 0.5) * 1.6)
+    open_side = 1.0 if lane.left is not None else -1.0  # cones line the edge towards the open lane
+    edge = LANE_W / 2 - 0.25
+    for j, s in enumerate((s0, s0 + length + 1.5)):  # a barrier across the closed lane at each end
+        xy, h = lane.path.pose(s, 0.0)
         sim.add(_agent("movable_object.barrier", rng, "static", static_xy=xy, static_yaw=float(h)))
-    for j in range(int(rng.integers(2, 5))):
-        xy, h = lane.path.pose(s0 + length + 1.0 + 0.6 * j, float(rng.uniform(-1.2, 1.2)))
-        sim.add(_agent("movable_object.barrier", rng, "static", static_xy=xy, static_yaw=float(h) + np.pi / 2))
-    xy, h = lane.path.pose(s0 + length * 0.6, 0.0)
-    sim.add(_agent("vehicle.construction", rng, "static", static_xy=xy, static_yaw=float(h), parked=True))
-    for j in range(int(rng.integers(1, 3))):
-        xy, h = lane.path.pose(s0 + length * float(rng.uniform(0.3, 0.9)), float(rng.uniform(-1, 1)))
+    for s in np.arange(s0 + 2.0, s0 + length, 3.0):  # taper from the far edge to the open edge
+        frac = min(1.0, (s - s0 - 2.0) / 12.0)
+        xy, h = lane.path.pose(s, open_side * edge * (2 * frac - 1))
+        sim.add(_agent("movable_object.trafficcone", rng, "static", static_xy=xy, static_yaw=float(rng.uniform(-3, 3))))
+    veh = _agent("vehicle.construction", rng, "static", parked=True)
+    veh.static_xy, h = lane.path.pose(s0 + length * 0.65, -open_side * (LANE_W / 2 - veh.lwh[1] / 2 + 0.7))
+    veh.static_yaw = float(h)
+    sim.add(veh)
+    for j in range(int(rng.integers(1, 3))):  # workers in the closed lane, clear of the vehicle
+        s = s0 + length * 0.65 - veh.lwh[0] / 2 - 1.5 - 1.5 * j
+        xy, h = lane.path.pose(s, open_side * 0.4)
         sim.add(_agent("human.pedestrian.construction_worker", rng, "static", static_xy=xy,
                        static_yaw=float(rng.uniform(-3, 3))))
 
@@ -239,25 +240,26 @@ def _roadside(sim: Simulation, rng, knobs: WorldKnobs) -> None:
             if _free_on(sim, path, s, a.lwh[0]):
                 sim.add(a)
             s += a.lwh[0] + float(rng.exponential(100 / knobs.parked_per_100m))
-    for path in layout.sidewalks:
+    for i, path in enumerate(layout.sidewalks):
+        outer = -1.0 if i % 2 == 0 else 1.0  # sidewalks come in (right, left) pairs: outer = away from the road
         for s in np.arange(float(rng.uniform(0, 40)), path.length, float(rng.uniform(30, 70))):
-            if rng.random() < 0.5:  # parked bicycles at the kerb side of the sidewalk
-                xy, h = path.pose(s, float(rng.uniform(-1.0, 1.0)))
-                sim.add(_agent("vehicle.bicycle", rng, "static", static_xy=xy, static_yaw=float(h) + np.pi / 2))
+            if rng.random() < 0.5:  # parked bicycles along the building side
+                xy, h = path.pose(s, outer * 1.5)
+                sim.add(_agent("vehicle.bicycle", rng, "static", static_xy=xy, static_yaw=float(h)))
         n = int(path.length / 100 * knobs.peds_per_100m)
         for _ in range(n):
             r = rng.random()
             cat = "human.pedestrian.adult" if r < 0.85 else ("human.pedestrian.child" if r < 0.96
                                                             else "human.pedestrian.police_officer")
             s = float(rng.uniform(0, path.length - 5))
-            if rng.random() < 0.35:
-                xy, h = path.pose(s, float(rng.uniform(-1, 1)))
-                sim.add(_agent(cat, rng, "static", static_xy=xy, static_yaw=float(rng.uniform(-3, 3))))
-            else:
+            if rng.random() < 0.35:  # standing at the kerb side
+                xy, h = path.pose(s, -outer * float(rng.uniform(1.4, 1.6)))
+                sim.add(_agent(cat, rng, "static", static_xy=xy, static_yaw=float(h) + float(rng.uniform(-0.4, 0.4))))
+            else:  # walking, keeping to the right of the walking direction
                 p = path if rng.random() < 0.5 else path.reversed()
                 a = _agent(cat, rng, "walk", route=Route(p, [(-1, 0.0, p.length)], None), s=s,
                            v0=float(rng.uniform(1.0, 1.6)))
-                a.d = float(rng.uniform(-1.0, 1.0))
+                a.d = -float(rng.uniform(0.35, 0.55))
                 sim.add(a)
 
 
@@ -303,6 +305,16 @@ def populate(sim: Simulation, rng, knobs: WorldKnobs, rich: bool = False) -> lis
                 t = _agent("vehicle.trailer", rng, "tow", parent=a.id)
                 t.tow_gap = a.lwh[0] / 2 + t.lwh[0] / 2 + 0.8
                 sim.add(t)
+        # ... and a parked trailer on the kerb the ego will pass.
+        target = ego.route.path.xy(min(ego.s + ego.v0 * (WARMUP_S + 6), ego.route.path.length - 1))
+        kerb = min(sim.layout.parking, key=lambda p: abs(p.project(target[None])[1][0]))
+        s_k = float(kerb.project(target[None])[0][0])
+        xy, h = kerb.pose(s_k)
+        trailer = _agent("vehicle.trailer", rng, "static", static_xy=xy, static_yaw=float(h), parked=True)
+        for o in sim.agents:  # make room on the kerb
+            if o.mode == "static" and o.parked and np.linalg.norm(sim.pose(o)[0] - xy) < 9.0:
+                o.active = False
+        sim.add(trailer)
     _remove_overlaps(sim)
     # Only what can come near the ego during the scene is simulated.
     reach = ego.route.path.xy(np.linspace(ego.s, min(ego.s + ego.v0 * (WARMUP_S + 24), ego.route.path.length), 20))
@@ -318,19 +330,33 @@ def populate(sim: Simulation, rng, knobs: WorldKnobs, rich: bool = False) -> lis
     return events
 
 
+def _footprint(sim: Simulation, a: Agent):
+    from shapely.geometry import Polygon
+
+    (x, y), yaw = sim.pose(a)
+    l, w = a.lwh[0], a.lwh[1]
+    c, s = np.cos(yaw), np.sin(yaw)
+    return Polygon([(x + c * dx - s * dy, y + s * dx + c * dy)
+                    for dx, dy in ((l / 2, w / 2), (l / 2, -w / 2), (-l / 2, -w / 2), (-l / 2, w / 2))])
+
+
 def _remove_overlaps(sim: Simulation) -> None:
-    """Drop non-ego agents that start overlapping an earlier one (keeps the world collision-free at t=0)."""
-    kept: list[tuple[np.ndarray, float]] = []
+    """Drop agents whose footprint overlaps one placed before them (the ego is always kept), so that
+    no two annotated boxes intersect at t = 0."""
+    from shapely.strtree import STRtree
+
+    kept = []
     for a in sim.agents:
-        if a.mode == "tow":
+        if not a.active:
             continue
-        xy, _ = sim.pose(a)
-        r = 0.45 * min(a.lwh[0], a.lwh[1]) + 0.05 if a.mode in ("walk",) else 0.5 * a.lwh[1]
-        clash = any(np.linalg.norm(xy - p) < r + q for p, q in kept)
-        if clash and not a.is_ego and a.mode != "static" or (clash and a.category.startswith("vehicle.") and not a.is_ego):
-            a.active = False
-            for o in sim.agents:
-                if o.parent == a.id:
-                    o.active = False
-            continue
-        kept.append((xy, r))
+        fp = _footprint(sim, a)
+        if kept and not a.is_ego:
+            tree = STRtree([k[1] for k in kept])
+            hits = [kept[i] for i in tree.query(fp)]
+            if any(fp.intersection(g).area > 0.01 and not (a.parent == o.id or o.parent == a.id) for o, g in hits):
+                a.active = False
+                for o in sim.agents:
+                    if o.parent == a.id:
+                        o.active = False
+                continue
+        kept.append((a, fp))

@@ -284,7 +284,12 @@ class Simulation:
                     return 0.0
         if a.s >= a.route.path.length - 0.5:
             return 0.0
-        return a.v0
+        xy, yaw = self.pose(a)
+        rel = P - xy
+        lon = rel @ np.array([np.cos(yaw), np.sin(yaw)])
+        lat = rel @ np.array([-np.sin(yaw), np.cos(yaw)])
+        ahead = (lon > 0.05) & (lon < 1.2) & (np.abs(lat) < 0.7) & (self._arr["ids"] != a.id)
+        return 0.0 if ahead.any() else a.v0  # someone right in front: wait
 
     def _inflow(self, act, P) -> None:
         from .scenario import spawn_vehicle  # local: scenario builds on this module

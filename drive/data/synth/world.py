@@ -134,6 +134,9 @@ def build_tables(results: list[SceneResult], seed: int, width: int, height: int)
 
 
 def _run(args):
+    import cv2
+
+    cv2.setNumThreads(1)  # one scene per process; do not oversubscribe the cores
     plan, root = args
     return run_scene(plan, root)
 
