@@ -158,7 +158,8 @@ def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, 
         plans = plan_world(scenes, seed, width, height, knobs, keyframes)
         jobs = [(p, tmp) for p in plans]
         if workers > 1 and len(plans) > 1:
-            ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+            # spawn, not fork: forking a process that has torch / OpenCV thread pools running deadlocks.
+            ctx = mp.get_context("spawn")
             with ctx.Pool(min(workers, len(plans))) as pool:
                 results = list(pool.imap(_run, jobs))
         else:
