@@ -1,0 +1,198 @@
+"""The system on a tiny synthetic world, in process: temporal batches, gradients, loss falls, temporal
+validation, EMA, metrics on hand-made outputs."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from drive.training import builders
+from drive.training.temporal import ResumableSampler, TemporalBatch, collate_history, relative_pose
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+torch.set_num_threads(1)
+
+
+def tiny_cfg(tmp_path, root, *extra):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={tmp_path}", "debug=fast", f"data.root={root}",
+                                           "data.num_workers=0", "metrics.detection_eval=false", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_world, tmp_path_factory):
+    cfg = tiny_cfg(tmp_path_factory.mktemp("run"), synth_world)
+    run = builders.build_run(cfg)
+    run.datamodule.setup("fit")
+    return cfg, run
+
+
+def first_batches(run, n):
+    loader = run.datamodule.train_dataloader()
+    loader.sampler.set_epoch(0)
+    out = []
+    for b in loader:
+        out.append(b)
+        if len(out) == n:
+            return out
+    return out
+
+
+def test_training_batches_carry_the_previous_keyframe(tiny_run):
+    cfg, run = tiny_run
+    batches = first_batches(run, 6)
+    assert all(isinstance(b, TemporalBatch) and len(b.history) == 1 for b in batches)
+    ds = run.datamodule.train_set
+    seen_first = seen_linked = 0
+    for b in batches:
+        hist, cur = b.history[0], b.current
+        for i, meta in enumerate(cur.meta):
+            if meta.prev_token:
+                seen_linked += 1
+                assert hist.valid[i] == 1 and cur.features.has_prev[i] == 1
+            else:
+                seen_first += 1
+                assert hist.valid[i] == 0 and cur.features.has_prev[i] == 0
+    assert seen_linked > 0
+    # the history frame really is the previous keyframe of the same scene
+    idx = next(i for i in range(len(ds)) if ds.prev_index[i] >= 0)
+    history, current = ds[(idx, 0)]
+    assert history[0][2].sample_token == current[2].prev_token
+    assert history[0][2].scene_token == current[2].scene_token
+    assert history[0][1] is None  # history frames are loaded without targets
+
+
+def test_links_follow_the_augmented_frames(tiny_run):
+    """Without augmentation the recomputed link is the data layer's prev_T_cur. With augmentation each item's
+    meta.global_T_ego is the pose of the frame its features (hence its BEV) live in: cameras land at the same
+    global place with or without augmentation, so the link built from those poses maps the current
+    augmented frame into the frame the previous BEV was computed in. The collated batch uses that link."""
+    _, run = tiny_run
+    ds = run.datamodule.train_set
+    idx = next(i for i in range(len(ds)) if ds.prev_index[i] >= 0)
+    base = ds.base
+    try:
+        base.augment = ds.features_only.augment = replace(base.augment, enabled=False)
+        (prev_raw,), cur_raw = ds[(idx, 0)]
+    finally:
+        base.augment = ds.features_only.augment = replace(base.augment, enabled=True)
+    np.testing.assert_allclose(relative_pose(prev_raw[2], cur_raw[2]), cur_raw[0].prev_T_cur.numpy(), atol=1e-4)
+    (prev_aug,), cur_aug = ds[(idx, 0)]
+    for raw, aug in ((prev_raw, prev_aug), (cur_raw, cur_aug)):
+        cams_raw = np.asarray(raw[2].global_T_ego) @ raw[0].ego_T_cam.double().numpy()
+        cams_aug = np.asarray(aug[2].global_T_ego) @ aug[0].ego_T_cam.double().numpy()
+        np.testing.assert_allclose(cams_aug, cams_raw, atol=1e-3)
+    assert not np.allclose(np.asarray(cur_aug[2].global_T_ego), np.asarray(cur_raw[2].global_T_ego))
+    batch = collate_history([((prev_aug,), cur_aug)])
+    np.testing.assert_allclose(batch.current.features.prev_T_cur[0].numpy(),
+                               relative_pose(prev_aug[2], cur_aug[2]), atol=1e-5)
+    assert batch.history[0].valid[0] == 1 and batch.history[0].features.has_prev[0] == 0  # oldest slot
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to")
+def test_every_parameter_gets_a_gradient_and_the_loss_falls(tiny_run):
+    _, run = tiny_run
+    system = run.system
+    system.train()
+    batch = next(b for b in first_batches(run, 8) if bool(b.history[0].valid.any()))
+    loss = system.training_step(batch, 0)
+    loss.backward()
+    missing = [n for n, p in system.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    bad = [n for n, p in system.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, bad
+    opt = torch.optim.AdamW(system.model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(12):
+        opt.zero_grad()
+        loss = system.training_step(batch, 0)
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    assert history[-1] < 0.7 * history[0], history
+
+
+def test_history_bev_is_computed_without_grad_and_in_eval_mode(tiny_run):
+    _, run = tiny_run
+    system = run.system
+    system.train()
+    batch = next(b for b in first_batches(run, 8) if bool(b.history[0].valid.any()))
+    running = [m.running_mean.clone() for m in system.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    prev_bev, has_prev = system.history_bev(batch)
+    after = [m.running_mean for m in system.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(running, after))  # eval mode: BN statistics untouched
+    assert system.model.training and not prev_bev.requires_grad
+    assert torch.equal(has_prev, batch.history[0].valid * batch.current.features.has_prev)
+    assert torch.all(prev_bev[has_prev == 0] == 0) and prev_bev[has_prev == 1].abs().sum() > 0
+    empty = TemporalBatch([], batch.current)
+    bev0, has0 = system.history_bev(empty)
+    assert torch.all(bev0 == 0) and torch.all(has0 == 0)
+
+
+def test_validation_runs_in_temporal_order_carrying_the_bev(tiny_run):
+    _, run = tiny_run
+    system = run.system.eval()
+    loader = run.datamodule.val_dataloader()
+    system.on_validation_epoch_start()
+    scenes, tokens = set(), []
+    system.log = system.log_dict = lambda *a, **k: None  # no trainer attached
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if batch.meta[0].prev_token:
+                assert batch.meta[0].prev_token == tokens[-1]  # temporal order within the scene
+            tokens.append(batch.meta[0].sample_token)
+            scenes.add(batch.meta[0].scene_token)
+            system.validation_step(batch, i)
+    assert system._val_frames == len(tokens)
+    assert system._val_linked == len(tokens) - len(scenes)  # every frame but a scene's first got a prev BEV
+    values = system.metrics.compute()
+    for key in ("map_iou", "plan_l2_1s_per_step", "plan_l2_1s_averaged", "plan_l2_avg_per_step",
+                "plan_l2_avg_averaged", "minADE", "det_recall_2m"):
+        assert key in values, key
+    assert 0.0 <= values["map_iou"] <= 1.0 and np.isfinite(values["plan_l2_1s_per_step"])
+
+
+def test_ema_tracks_the_model_and_is_used_for_validation(synth_world, tmp_path):
+    cfg = tiny_cfg(tmp_path, synth_world, "system.ema_decay=0.5")
+    system = builders.build_system(cfg)
+    assert system.ema is not None and system.eval_model is system.ema.module
+    assert not any(p.requires_grad for p in system.ema.parameters())
+    with torch.no_grad():
+        for p in system.model.parameters():
+            p.add_(1.0)
+    system.ema.update_parameters(system.model)  # first update copies
+    p0 = next(system.model.parameters())
+    assert torch.allclose(next(system.ema.module.parameters()), p0)
+    with torch.no_grad():
+        p0.add_(2.0)
+    system.ema.update_parameters(system.model)
+    assert torch.allclose(next(system.ema.module.parameters()), p0 - 1.0)  # 0.5 * old + 0.5 * new
+    from drive.training.optim import parameter_groups
+
+    grouped = {id(p) for g in parameter_groups(system.model, 0.01) for p in g["params"]}
+    assert grouped == {id(p) for p in system.model.parameters()}  # EMA weights never optimised
+
+
+def test_datamodule_resume_state_points_at_the_next_batch(tiny_run):
+    _, run = tiny_run
+    dm = run.datamodule
+    bs = dm.config.batch_size
+    reference = ResumableSampler(len(dm.train_set), shuffle=True, seed=dm.config.augment.seed)
+    reference.set_epoch(1)
+    order_epoch1 = list(reference)
+    reference.set_epoch(2)
+    order_epoch2 = list(reference)
+
+    dm.load_state_dict({"epoch": 1, "consumed_batches": 3, "epoch_done": False})  # killed mid-epoch 1
+    sampler = dm.train_dataloader().sampler
+    assert sampler.epoch == 1 and list(sampler) == order_epoch1[3 * bs:]
+    dm.load_state_dict({"epoch": 1, "consumed_batches": 32, "epoch_done": True})  # saved at the end of epoch 1
+    sampler = dm.train_dataloader().sampler
+    assert sampler.epoch == 2 and list(sampler) == order_epoch2
+    sampler = dm.train_dataloader().sampler  # no pending resume: a plain loader
+    assert sampler.epoch == 0 and len(list(sampler)) == len(dm.train_set)
