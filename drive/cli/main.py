@@ -30,6 +30,28 @@ def _inspect(args) -> int:
     return 0
 
 
+def _load_model(path: str):
+    """(model, config, meta dict) of a drive-train checkpoint, for the deploy commands."""
+    from drive.evaluation.checkpoint import load_model
+
+    model, config, meta = load_model(path)
+    return model, config, {**meta.summary(), "data": (meta.hyper_parameters or {}).get("data", {})}
+
+
+def _export(args) -> int:
+    from drive.deploy.calibration import frame_source
+    from drive.deploy.export import export_command
+
+    source = frame_source(_load_model, args.checkpoint, args.data_root, args.data_version, args.calib_split)
+    return export_command(args, _load_model, source)
+
+
+def _profile(args) -> int:
+    from drive.deploy.report import profile_command
+
+    return profile_command(args, _load_model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drive", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -50,17 +72,33 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--sample", default=None, help="sample token to draw (default: a val keyframe)")
     i.add_argument("--out", default=None, help="picture path (default: ROOT/inspect.png)")
     i.set_defaults(func=_inspect)
+    from drive.deploy.export import add_export_arguments
+    from drive.deploy.report import add_profile_arguments
+
+    e = sub.add_parser("export", help="export a checkpoint to ONNX (fp32 / fp16 / int8) with parity and a model card")
+    add_export_arguments(e)
+    e.add_argument("--data-root", default=None, help="calibration / parity data (default: the run's data.root)")
+    e.add_argument("--data-version", default=None)
+    e.add_argument("--calib-split", default=None, help="default: the run's data.train_split")
+    e.set_defaults(func=_export)
+    f = sub.add_parser("profile", help="host latency, FLOPs per stage and chip roofline estimates")
+    add_profile_arguments(f)
+    f.set_defaults(func=_profile)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):  # exporter internals log every pass at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     from drive.data.errors import DataError
+    from drive.deploy.export import DeployError
+    from drive.evaluation.errors import EvalError
 
     try:
         return args.func(args)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (DataError, DeployError, EvalError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"drive {args.command}: error: {e}", file=sys.stderr)
         return 2
 
