@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
+from drive.hashing import sha256_file
 import os
 import re
 import tempfile
@@ -221,14 +221,6 @@ def io_spec(model: onnx.ModelProto) -> dict[str, list[dict]]:
                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "meaning": doc.get(v.name, "")}
     return {"inputs": [entry(v, INPUT_DOC) for v in model.graph.input],
             "outputs": [entry(v, OUTPUT_DOC) for v in model.graph.output]}
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------

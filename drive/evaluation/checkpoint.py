@@ -9,7 +9,7 @@ training uses) and the weights are loaded strictly: a missing, unexpected or dif
 """
 from __future__ import annotations
 
-import hashlib
+from drive.hashing import sha256_file
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -36,12 +36,7 @@ class CheckpointMeta:
                 "global_step": self.global_step}
 
 
-def sha256_of(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_of = sha256_file
 
 
 def model_config_of(hyper_parameters: dict, where: str) -> ModelConfig:
