@@ -31,8 +31,9 @@ import pytest
 import torch
 
 from drive.deploy.card import CARD_FIELDS
+from drive.deploy.command import run_export
 from drive.deploy.export import (FORBIDDEN_OPS, OUTPUT_NAMES, DeployError, atomic_path, default_example, export_onnx,
-                                 parity, run_export, split_batch)
+                                 parity, split_batch)
 from drive.deploy.profile import graph_costs, stage_flops
 from drive.deploy.quantize import CalibrationError, compare_to_reference, quantize_int8, temporal_inputs, to_fp16
 from drive.deploy.report import ProfileSubject, run_profile
@@ -140,7 +141,7 @@ def test_calibration_set_smaller_than_asked_is_an_error(exported, tmp_path) -> N
 def test_cli_exits_non_zero_on_short_calibration_and_unknown_target(exported, tmp_path, capsys) -> None:
     import argparse
 
-    from drive.deploy.export import add_export_arguments, export_command
+    from drive.deploy.command import add_export_arguments, export_command
     from drive.deploy.report import add_profile_arguments, profile_command
 
     load = lambda path: (exported.model, exported.cfg, {})  # noqa: E731

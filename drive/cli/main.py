@@ -40,7 +40,7 @@ def _load_model(path: str):
 
 def _export(args) -> int:
     from drive.deploy.calibration import frame_source
-    from drive.deploy.export import export_command
+    from drive.deploy.command import export_command
 
     source = frame_source(_load_model, args.checkpoint, args.data_root, args.data_version, args.calib_split)
     return export_command(args, _load_model, source)
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--sample", default=None, help="sample token to draw (default: a val keyframe)")
     i.add_argument("--out", default=None, help="picture path (default: ROOT/inspect.png)")
     i.set_defaults(func=_inspect)
-    from drive.deploy.export import add_export_arguments
+    from drive.deploy.command import add_export_arguments
     from drive.deploy.report import add_profile_arguments
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX (fp32 / fp16 / int8) with parity and a model card")

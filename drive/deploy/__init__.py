@@ -19,7 +19,8 @@ Errors a user can cause (bad target, short calibration set, unwritable directory
 """
 from drive.deploy.chips import UnknownTargetError, estimate, get_targets, load_catalogue
 from drive.deploy.card import write_model_card
-from drive.deploy.export import DeployError, export_onnx, parity, run_export
+from drive.deploy.command import run_export
+from drive.deploy.export import DeployError, export_onnx, parity
 from drive.deploy.quantize import CalibrationError, compare_to_reference, quantize_int8, temporal_inputs, to_fp16
 from drive.deploy.report import ProfileSubject, run_profile
 

@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import ast
 import contextlib
-from drive.hashing import sha256_file
 import os
 import re
 import tempfile
 import time
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 import torch
 from torch import Tensor
+
+from drive.hashing import sha256_file
 
 from drive.models import INPUT_NAMES, FlatOutputs, ModelOutputs
 from drive.models.build import ModelConfig
@@ -367,102 +368,3 @@ def parity(onnx_path: str, model: DrivingModel, inputs_list: Iterable[Inputs], t
                                "ref_max_abs": max(s["ref_max_abs"] for s in v)} for k, v in per.items()}
     out["_frames"] = frames
     return out
-
-
-def run_export(load_model: Callable[[str], tuple[DrivingModel, ModelConfig, dict]], ckpt_path: str, out_dir: str,
-               precision: str = "fp32", calib_iter_factory: Optional[Callable[[], Iterable[Inputs]]] = None,
-               calib_samples: int = 64, opset: int = 18, parity_frames: int = 4) -> dict:
-    """``drive export``: checkpoint -> ``out_dir/model_fp32.onnx`` [+ ``model_fp16.onnx`` | ``model_int8.onnx``]
-    + a model card next to each graph.
-
-    Args:
-        load_model: ``load_model(ckpt_path) -> (model, model_config, meta)`` injected by the caller
-            (``meta`` may describe the checkpoint: epoch, metrics, data set; it goes into the card).
-        precision: 'fp32', 'fp16' or 'int8'. fp16 / int8 are produced from the fp32 graph, which is kept.
-        calib_iter_factory: ``() -> iterable of batch-1 input mappings`` (``INPUT_NAMES`` keys) of real
-            frames, in scene order when possible (``prev_bev`` must be the model's own previous BEV, see
-            ``drive.deploy.quantize.temporal_inputs``). Required for int8: the first ``calib_samples``
-            frames calibrate, the next ``parity_frames`` (if any) are the held-out parity / accuracy
-            frames. For fp32 / fp16 its first frames are the parity inputs; without it, parity uses
-            synthetic example inputs.
-        calib_samples: frames to calibrate int8 on; fewer available -> ``CalibrationError``.
-
-    Returns a summary dict (paths, parity, quantization report, card paths).
-    """
-    from drive.deploy.card import write_model_card
-    from drive.deploy.quantize import (CalibrationError, compare_to_reference, quantize_int8, take_samples,
-                                       to_fp16)
-
-    if precision not in ("fp32", "fp16", "int8"):
-        raise DeployError(f"unknown precision {precision!r} (expected fp32, fp16 or int8)")
-    if precision == "int8" and calib_iter_factory is None:
-        raise CalibrationError("int8 needs calibration data: pass calib_iter_factory")
-    out_dir = check_writable_dir(out_dir)
-    calib = None
-    if precision == "int8":  # fail before any work when the calibration set is short
-        frames = take_samples(calib_iter_factory(), calib_samples + parity_frames, what="calibration frames",
-                              strict=False)
-        if len(frames) < calib_samples:
-            raise CalibrationError(f"int8 calibration frames: asked for {calib_samples} but the source yielded "
-                                   f"only {len(frames)}")
-        calib, held_out = frames[:calib_samples], frames[calib_samples:]
-    model, config, meta = load_model(ckpt_path)
-    model.eval()
-    if calib is not None:
-        parity_inputs = held_out or calib[:parity_frames]
-        parity_source = (f"{len(held_out)} frames of the calibration iterator after the {calib_samples} used to calibrate"
-                         if held_out else f"first {len(parity_inputs)} calibration frames (in-sample: no spare frames)")
-    elif calib_iter_factory is not None:
-        parity_inputs = take_samples(calib_iter_factory(), parity_frames, what="parity frames", strict=False)
-        parity_source = f"first {len(parity_inputs)} frames of the calibration iterator"
-    else:
-        parity_inputs = [default_example(model, config, seed=s) for s in range(parity_frames)]
-        parity_source = f"{parity_frames} synthetic example frames (random images, nuScenes-like rig)"
-    fp32_path = os.path.join(out_dir, "model_fp32.onnx")
-    export = export_onnx(model, config, fp32_path, opset=opset)
-    fp32_parity = parity(fp32_path, model, parity_inputs)
-    summary: dict[str, Any] = {"checkpoint": os.path.abspath(ckpt_path), "out_dir": out_dir, "precision": precision,
-                               "export": export, "parity_fp32_vs_eager": fp32_parity, "parity_inputs": parity_source}
-    cards = {"fp32": write_model_card(fp32_path, config, export, "fp32", parity=fp32_parity, parity_inputs=parity_source,
-                                      checkpoint_path=ckpt_path, checkpoint_meta=meta)}
-    if precision == "fp16":
-        path = os.path.join(out_dir, "model_fp16.onnx")
-        report = to_fp16(fp32_path, path)
-        acc = compare_to_reference(fp32_path, path, parity_inputs)
-        summary.update(fp16=report, accuracy_fp16_vs_fp32=acc)
-        cards["fp16"] = write_model_card(path, config, export, "fp16", parity=acc, parity_inputs=parity_source,
-                                         checkpoint_path=ckpt_path, checkpoint_meta=meta, precision_report=report)
-    elif precision == "int8":
-        path = os.path.join(out_dir, "model_int8.onnx")
-        report = quantize_int8(fp32_path, path, calib, calib_samples)
-        acc = compare_to_reference(fp32_path, path, parity_inputs)
-        summary.update(int8=report, accuracy_int8_vs_fp32=acc)
-        cards["int8"] = write_model_card(path, config, export, "int8", parity=acc, parity_inputs=parity_source,
-                                         checkpoint_path=ckpt_path, checkpoint_meta=meta, precision_report=report)
-    summary["cards"] = cards
-    return summary
-
-
-def add_export_arguments(parser) -> None:
-    """Arguments of ``drive export CKPT --out DIR [--precision] [--calib-samples N] [--opset 18]``."""
-    parser.add_argument("checkpoint", help="checkpoint file (loaded by the injected load_model)")
-    parser.add_argument("--out", required=True, help="output directory (created; files written atomically)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    parser.add_argument("--calib-samples", type=int, default=64, help="int8 calibration frames (error if fewer exist)")
-    parser.add_argument("--opset", type=int, default=18)
-
-
-def export_command(args, load_model: Callable, calib_iter_factory: Optional[Callable] = None) -> int:
-    """Run ``drive export`` from parsed ``args``; prints a JSON summary, returns the exit code
-    (0 ok, 2 on ``DeployError`` such as too few calibration frames or an unwritable directory)."""
-    import json
-    import sys
-
-    try:
-        summary = run_export(load_model, args.checkpoint, args.out, args.precision, calib_iter_factory,
-                             args.calib_samples, args.opset)
-    except DeployError as e:
-        print(f"drive export: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: summary[k] for k in ("out_dir", "precision", "cards")}, indent=1))
-    return 0

@@ -162,6 +162,19 @@ def _finite(x) -> float:
     return float(x) if x is not None else float("nan")
 
 
+def evaluate_and_save(ev, out_dir: str):
+    """Run a devkit evaluator (DetectionEval / TrackingEval) and save its summary and details as the devkit's
+    own ``main()`` would; returns (metrics, serialized summary)."""
+    metrics, metric_data = ev.evaluate()
+    summary = metrics.serialize()
+    summary["meta"] = dict(ev.meta)
+    with open(os.path.join(out_dir, "metrics_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "metrics_details.json"), "w") as f:
+        json.dump(metric_data.serialize(), f, indent=2)
+    return metrics, summary
+
+
 def evaluate_detection(nusc, result_path: str, split: str, out_dir: str, verbose: bool = False,
                        config_name: str = DETECTION_CONFIG) -> dict[str, float]:
     """Run the devkit ``DetectionEval`` on a submission; returns a flat dict of floats.
@@ -181,13 +194,7 @@ def evaluate_detection(nusc, result_path: str, split: str, out_dir: str, verbose
                            output_dir=out_dir, verbose=verbose)
     except AssertionError as e:
         raise ValueError(f"devkit rejected {path} for split {split!r}: {e}") from e
-    metrics, metric_data = ev.evaluate()
-    summary = metrics.serialize()
-    summary["meta"] = dict(ev.meta)
-    with open(os.path.join(out_dir, "metrics_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "metrics_details.json"), "w") as f:
-        json.dump(metric_data.serialize(), f, indent=2)
+    metrics, summary = evaluate_and_save(ev, out_dir)
     out = {"mAP": float(metrics.mean_ap), "NDS": float(metrics.nd_score)}
     for err, key in TP_ERROR_KEYS.items():
         out[key] = _finite(metrics.tp_errors[err])

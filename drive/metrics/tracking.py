@@ -17,10 +17,9 @@ Devkit notes, handled here:
 """
 from __future__ import annotations
 
-import json
 import os
 
-from .detection import prepare_result_file, write_results  # noqa: F401  (write_results re-exported)
+from .detection import evaluate_and_save, prepare_result_file, write_results  # noqa: F401  (write_results re-exported)
 
 TRACKING_CONFIG = "tracking_nips_2019"
 
@@ -48,13 +47,7 @@ def evaluate_tracking(nusc, result_path: str, split: str, out_dir: str, verbose:
                               nusc_version=nusc.version, nusc_dataroot=nusc.dataroot, verbose=verbose)
     except AssertionError as e:
         raise ValueError(f"devkit rejected {path} for split {split!r}: {e}") from e
-    metrics, metric_data = ev.evaluate()
-    summary = metrics.serialize()
-    summary["meta"] = dict(ev.meta)
-    with open(os.path.join(out_dir, "metrics_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "metrics_details.json"), "w") as f:
-        json.dump(metric_data.serialize(), f, indent=2)
+    metrics, summary = evaluate_and_save(ev, out_dir)
     out = {k: float(v) for k, v in summary.items() if k in metrics.label_metrics and v is not None}
     for name in cfg.class_names:
         out[f"amota_{name}"] = float(metrics.label_metrics["amota"][name])
