@@ -117,6 +117,9 @@ def evaluate(opts: EvalOptions) -> dict:
     """Run the whole evaluation; returns the metrics dict also written to ``<out_dir>/metrics.json``."""
     if opts.backend not in BACKENDS:
         raise EvalError(f"backend must be one of {', '.join(BACKENDS)}, got {opts.backend!r}")
+    for ckpt in (opts.ckpt_path, opts.ego_ckpt_path):  # the user's own arguments first, before any data I/O
+        if ckpt and not os.path.isfile(os.path.expanduser(str(ckpt))):
+            raise EvalError(f"checkpoint not found: {os.path.abspath(os.path.expanduser(str(ckpt)))}")
     out_dir = os.path.abspath(opts.out_dir)
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".eval_partial_", dir=out_dir)
