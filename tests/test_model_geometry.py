@@ -108,3 +108,61 @@ def test_first_frame_output_independent_of_prev_bev(view_transform: str) -> None
     for x, y in zip(a.to_tuple(), b.to_tuple()):
         assert torch.equal(x, y)
     assert not torch.allclose(a.bev, c.bev)  # with has_prev = 1 the previous BEV does matter
+
+
+def _all_camera_reference(sca: SpatialCrossAttention, query, values, ref_grid, ref_valid):
+    """The straightforward formulation: every camera sampled with its own zero-padded grid_sample."""
+    from einops import rearrange
+
+    from drive.models.attention import deformable_sample
+
+    b, q, _ = query.shape
+    n, h, nl, z, p = sca.shape
+    off = sca.sampling_offsets(query).view(b, q, n, h, nl, z, p, 2)
+    w = sca.attention_weights(query).view(b, q, n, h, nl * z * p).softmax(dim=-1)
+    w = w.view(b, q, n, h, nl, z, p) * rearrange(ref_valid, "b n q z -> b q n 1 1 z 1")
+    ref = rearrange(ref_grid, "b n q z t -> b n 1 q z 1 t")
+    out = 0.0
+    for lvl, feat in enumerate(values):
+        fh, fw = feat.shape[-2:]
+        value = rearrange(sca.value_proj(rearrange(feat, "b n c y x -> b n y x c")), "b n y x (h d) -> (b n h) d y x", h=h)
+        grid = ref + rearrange(off[:, :, :, :, lvl], "b q n h z p t -> b n h q z p t") * off.new_tensor([2.0 / fw, 2.0 / fh])
+        grid = rearrange(grid, "b n h q z p t -> (b n h) q (z p) t")
+        out = out + deformable_sample(value, grid, rearrange(w[:, :, :, :, lvl], "b q n h z p -> (b n h) q (z p)"))
+    out = rearrange(out, "(b n h) d q -> b n q (h d)", b=b, n=n, h=h).sum(dim=1)
+    count = ref_valid.amax(dim=-1).sum(dim=1).clamp(min=1.0)
+    return sca.output_proj(out / count[..., None])
+
+
+def _random_sca(k):
+    torch.manual_seed(0)
+    n, c = 6, 16
+    sca = SpatialCrossAttention(c, num_cameras=n, num_levels=2, num_z=4, num_heads=2, num_points=2, cameras_per_query=k)
+    for lin in (sca.sampling_offsets, sca.attention_weights):  # large random offsets: points leave their images
+        torch.nn.init.normal_(lin.weight, std=0.5)
+        torch.nn.init.normal_(lin.bias, std=3.0)
+    vt = BEVFormerViewTransform(embed_dim=c, bev_size=15, bev_range=15.0, num_layers=1, num_heads=2)
+    grid, valid = vt.reference_points(camera_rig((H, W))[2][None].expand(2, -1, -1, -1), (H, W))
+    query = torch.randn(2, 15 * 15, c)
+    feats = [torch.randn(2, n, c, 4, 6), torch.randn(2, n, c, 2, 3)]
+    return sca, query, feats, grid, valid
+
+
+def test_camera_atlas_with_all_slots_equals_per_camera_sampling() -> None:
+    sca, query, feats, grid, valid = _random_sca(k=None)
+    torch.testing.assert_close(sca(query, feats, grid, valid), _all_camera_reference(sca, query, feats, grid, valid),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_camera_slots_keep_the_cameras_that_see_the_pillar() -> None:
+    """With 2 slots the result equals the all-camera one wherever at most 2 cameras see the pillar."""
+    sca2, query, feats, grid, valid = _random_sca(k=2)
+    sca6, *_ = _random_sca(k=None)
+    sca6.load_state_dict(sca2.state_dict())
+    seen = (valid.amax(dim=-1) > 0).sum(dim=1)  # (B, Q) cameras seeing each pillar
+    assert (seen == 2).any() and (seen == 1).any()
+    a, b = sca2(query, feats, grid, valid), sca6(query, feats, grid, valid)
+    few = seen <= 2
+    torch.testing.assert_close(a[few], b[few], atol=1e-5, rtol=1e-5)
+    slots = sca2.camera_slots(valid)
+    assert slots.shape == (2, 15 * 15, 2)

@@ -48,6 +48,7 @@ class BEVFormerConfig:
     num_points: int = 2
     temporal_points: int = 4
     ffn_dim: Optional[int] = None
+    cameras_per_query: Optional[int] = 2  # camera slots per BEV query (None: sample all cameras)
 
 
 @dataclass
