@@ -233,3 +233,18 @@ def test_report_compares_two_models(exported, tmp_path) -> None:
     assert "GridSample" in est["unsupported_ops"] and est["estimate_ms"] > 0
     saved = json.load(open(tmp_path / "report" / "profile.json"))
     assert saved["note"].startswith("ESTIMATE") and set(saved["subjects"]) == {"tiny-eager+onnx", "tiny-onnx-only"}
+
+
+def test_export_failing_after_the_fp32_graph_leaves_no_model(exported, tmp_path, monkeypatch) -> None:
+    """The fp32 graph, parity and card succeed, then quantization fails: out_dir holds no graph or card."""
+    import drive.deploy.quantize as quantize
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer crashed")
+
+    monkeypatch.setattr(quantize, "quantize_int8", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="quantizer crashed"):
+        run_export(lambda path: (exported.model, exported.cfg, {}), exported.ckpt, str(out), "int8",
+                   lambda: iter(exported.calib + exported.held_out), calib_samples=16)
+    assert os.listdir(out) == []

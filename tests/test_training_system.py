@@ -196,3 +196,24 @@ def test_datamodule_resume_state_points_at_the_next_batch(tiny_run):
     assert sampler.epoch == 2 and list(sampler) == order_epoch2
     sampler = dm.train_dataloader().sampler  # no pending resume: a plain loader
     assert sampler.epoch == 0 and len(list(sampler)) == len(dm.train_set)
+
+
+def test_init_from_starts_from_the_checkpoint_weights(synth_world, tmp_path):
+    """init_from copies a checkpoint's model weights (fine-tuning); a checkpoint of another model is refused."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_fixtures import write_checkpoint
+
+    from drive.evaluation.errors import EvalError
+
+    ckpt = write_checkpoint(tmp_path / "src.ckpt", seed=7)
+    run = builders.build_run(tiny_cfg(tmp_path / "a", synth_world, f"+init_from={ckpt}"))
+    src = torch.load(ckpt, weights_only=True)["state_dict"]
+    got = run.system.model.state_dict()
+    assert all(torch.equal(got[k[len("model."):]], v) for k, v in src.items() if k.startswith("model."))
+    fresh = builders.build_run(tiny_cfg(tmp_path / "b", synth_world)).system.model.state_dict()
+    assert not all(torch.equal(fresh[k], got[k]) for k in got if got[k].is_floating_point())
+    other = write_checkpoint(tmp_path / "other.ckpt", seed=7, embed_dim=16)
+    with pytest.raises(EvalError, match="other.ckpt"):
+        builders.build_run(tiny_cfg(tmp_path / "c", synth_world, f"+init_from={other}"))

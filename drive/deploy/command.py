@@ -6,6 +6,8 @@ The orchestration and CLI glue around ``drive.deploy.export`` (graph export and 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterable, Optional
 
 from drive.deploy.export import (DeployError, Inputs, check_writable_dir, default_example, export_onnx, parity)
@@ -33,16 +35,14 @@ def run_export(load_model: Callable[[str], tuple[DrivingModel, ModelConfig, dict
 
     Returns a summary dict (paths, parity, quantization report, card paths).
     """
-    from drive.deploy.card import write_model_card
-    from drive.deploy.quantize import (CalibrationError, compare_to_reference, quantize_int8, take_samples,
-                                       to_fp16)
+    from drive.deploy.quantize import CalibrationError, take_samples
 
     if precision not in ("fp32", "fp16", "int8"):
         raise DeployError(f"unknown precision {precision!r} (expected fp32, fp16 or int8)")
     if precision == "int8" and calib_iter_factory is None:
         raise CalibrationError("int8 needs calibration data: pass calib_iter_factory")
     out_dir = check_writable_dir(out_dir)
-    calib = None
+    calib, held_out = None, None
     if precision == "int8":  # fail before any work when the calibration set is short
         frames = take_samples(calib_iter_factory(), calib_samples + parity_frames, what="calibration frames",
                               strict=False)
@@ -52,6 +52,36 @@ def run_export(load_model: Callable[[str], tuple[DrivingModel, ModelConfig, dict
         calib, held_out = frames[:calib_samples], frames[calib_samples:]
     model, config, meta = load_model(ckpt_path)
     model.eval()
+    # Everything is written into a hidden staging directory and moved into out_dir only when every graph,
+    # parity check and card succeeded: a failed int8 / fp16 step leaves no fp32 graph of a half-done export.
+    stage = tempfile.mkdtemp(prefix=".export_partial_", dir=out_dir)
+    try:
+        summary = _export_into(stage, model, config, meta, ckpt_path, precision, calib, held_out,
+                               calib_iter_factory, calib_samples, opset, parity_frames)
+        for name in sorted(os.listdir(stage), key=lambda n: n.endswith(".card.json")):  # cards last
+            os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return _rebase(summary, stage, out_dir)
+
+
+def _rebase(x: Any, old: str, new: str) -> Any:
+    """The summary with staging-directory paths turned into their final ones."""
+    if isinstance(x, str):
+        return x.replace(old, new)
+    if isinstance(x, dict):
+        return {k: _rebase(v, old, new) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_rebase(v, old, new) for v in x)
+    return x
+
+
+def _export_into(out_dir: str, model: DrivingModel, config: ModelConfig, meta: dict, ckpt_path: str, precision: str,
+                 calib: Optional[list], held_out: Optional[list], calib_iter_factory, calib_samples: int, opset: int,
+                 parity_frames: int) -> dict:
+    from drive.deploy.card import write_model_card
+    from drive.deploy.quantize import compare_to_reference, quantize_int8, take_samples, to_fp16
+
     if calib is not None:
         parity_inputs = held_out or calib[:parity_frames]
         parity_source = (f"{len(held_out)} frames of the calibration iterator after the {calib_samples} used to calibrate"

@@ -202,9 +202,26 @@ def build_run(cfg: DictConfig) -> Run:
     model_cfg = build_model_config(cfg)
     check_contracts(cfg, datamodule, model_cfg)
     model = _expect(build_model_from_config(model_cfg), DrivingModel, "model")
+    if cfg.get("init_from"):
+        init_weights(model, model_cfg, str(cfg.init_from))
     system = build_system(cfg, model)
     trainer = build_trainer(cfg)
     return Run(datamodule, system, trainer)
+
+
+def init_weights(model: DrivingModel, model_cfg: ModelConfig, path: str) -> None:
+    """Fine-tuning: start from the model weights of a drive-train checkpoint (EMA ones if it has them).
+
+    Unlike ``ckpt_path`` (resume: optimiser, step, data order), only the weights are taken; the checkpoint
+    must hold exactly this model (same config: ``drive.evaluation.checkpoint.load_model`` checks every
+    tensor name and shape, naming the first mismatch).
+    """
+    from drive.evaluation.checkpoint import load_model
+
+    source, _, meta = load_model(path, model_config=model_cfg)
+    model.load_state_dict(source.state_dict(), strict=True)
+    log.info("init_from %s (%s weights, step %s, sha256 %s)", meta.path, meta.weights, meta.global_step,
+             meta.sha256[:12])
 
 
 def ensure_world(cfg: DictConfig) -> None:
