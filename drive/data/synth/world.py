@@ -34,18 +34,31 @@ CUSTOM_SPLITS = ("synth_train", "synth_val")  # 'train'/'val' are the devkit's o
 
 
 def plan_world(scenes: int, seed: int, width: int, height: int, knobs: WorldKnobs | None = None,
-               keyframes: int = 40) -> list[ScenePlan]:
-    """Scene names, splits and layouts. The first ten reuse the nuScenes mini names."""
+               keyframes: int = 40, scene_prefix: str | None = None, all_split: str | None = None) -> list[ScenePlan]:
+    """Scene names, splits and layouts. The first ten reuse the nuScenes mini names.
+
+    ``scene_prefix``: name the scenes ``f"{scene_prefix}-{i:04d}"`` instead (worlds that must not collide
+    with another world's scene names, e.g. fleet drives next to the base world). ``all_split`` ("train" or
+    "val"): every scene in that split (val scenes are 'rich': retried until every class appears).
+    """
+    if all_split not in (None, "train", "val"):
+        raise ValueError(f"all_split must be 'train', 'val' or None, got {all_split!r}")
+    if scene_prefix is not None and (not scene_prefix or "/" in scene_prefix or scene_prefix != scene_prefix.strip()):
+        raise ValueError(f"scene_prefix must be a non-empty name without '/' or spaces around it, got {scene_prefix!r}")
     rng = np.random.default_rng(seed)
     names = list(MINI_TRAIN) + list(MINI_VAL)
     plans = []
     for i in range(scenes):
-        if i < len(names):
+        if scene_prefix is not None:
+            name = f"{scene_prefix}-{i:04d}"
+            split = "val" if i % 5 == 4 else "train"
+        elif i < len(names):
             name = names[i]
             split = "val" if name in MINI_VAL else "train"
         else:
             name = f"scene-{2000 + i:04d}"
             split = "val" if i % 5 == 4 else "train"
+        split = all_split or split
         plans.append(ScenePlan(i, name, split, "", split == "val", seed, keyframes, width, height,
                                asdict(knobs or WorldKnobs())))
     # Every layout in both splits: cycle the layouts over each split in a seeded order.
@@ -137,14 +150,36 @@ def _run(args):
     import cv2
 
     cv2.setNumThreads(1)  # one scene per process; do not oversubscribe the cores
-    plan, root = args
-    return run_scene(plan, root)
+    plan, root, *rest = args
+    res = run_scene(plan, root)
+    if rest and rest[0]:
+        _prefix_files(res, root)
+    return res
+
+
+def _prefix_files(res: SceneResult, root: str) -> None:
+    """Put the scene name in front of its sensor / map file names (``samples/CAM_FRONT/<scene>__<file>``).
+
+    ``run_scene`` names files by scene index and timestamp, which repeat from world to world; a prefixed
+    world's files must be able to sit next to another world's in one root (the label store links fleet
+    clips in beside the base world)."""
+    def move(rel: str) -> str:
+        new = f"{os.path.dirname(rel)}/{res.plan.name}__{os.path.basename(rel)}"
+        os.replace(os.path.join(root, rel), os.path.join(root, new))
+        return new
+
+    for kf in res.keyframes:
+        kf["files"] = {ch: move(rel) for ch, rel in kf["files"].items()}
+    res.map_png = move(res.map_png)
 
 
 def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, height: int = 450,
                    workers: int = 2, knobs: WorldKnobs | None = None, keyframes: int = 40,
-                   overwrite: bool = False) -> dict:
-    """Generate the world into ``out`` (atomically). Returns a summary dict."""
+                   overwrite: bool = False, scene_prefix: str | None = None, all_split: str | None = None) -> dict:
+    """Generate the world into ``out`` (atomically). Returns a summary dict.
+
+    ``scene_prefix`` / ``all_split``: see ``plan_world``; with a prefix the sensor and map file names also
+    start with the scene name, so two prefixed worlds' files never share a path."""
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
@@ -155,8 +190,8 @@ def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, 
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
     t0 = time.time()
     try:
-        plans = plan_world(scenes, seed, width, height, knobs, keyframes)
-        jobs = [(p, tmp) for p in plans]
+        plans = plan_world(scenes, seed, width, height, knobs, keyframes, scene_prefix, all_split)
+        jobs = [(p, tmp, scene_prefix is not None) for p in plans]
         if workers > 1 and len(plans) > 1:
             # spawn, not fork: forking a process that has torch / OpenCV thread pools running deadlocks.
             ctx = mp.get_context("spawn")
