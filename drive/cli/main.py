@@ -1,4 +1,4 @@
-"""The `drive` command: thin entry points over the package (`drive synth | inspect | ...`)."""
+"""The `drive` command: thin entry points over the package (`drive synth | inspect | export | profile | label`)."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("profile", help="host latency, FLOPs per stage and chip roofline estimates")
     add_profile_arguments(f)
     f.set_defaults(func=_profile)
+    from drive.labelling.cli import add_label_parser
+
+    add_label_parser(sub)
     return p
 
 
@@ -95,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     from drive.data.errors import DataError
     from drive.deploy.export import DeployError
     from drive.evaluation.errors import EvalError
+    from drive.labelling.errors import LabellingError
 
     try:
         return args.func(args)
-    except (DataError, DeployError, EvalError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (DataError, DeployError, EvalError, LabellingError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"drive {args.command}: error: {e}", file=sys.stderr)
         return 2
 

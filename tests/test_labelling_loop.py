@@ -1,0 +1,114 @@
+"""The whole labelling loop on a tiny world with tiny models: one round, two strategies, a malformed upload,
+a crash in the middle of the round and the resume, provenance, the report."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_fixtures import write_checkpoint  # noqa: E402
+
+from drive.labelling import engine, retrain  # noqa: E402
+from drive.labelling.config import (AutoLabelConfig, BaseData, FleetConfig, LongtailValConfig, LoopConfig, ProfileConfig,  # noqa: E402
+                                    RetrainConfig, ReviewConfig, UploadConfig)
+from drive.labelling.errors import LabellingError  # noqa: E402
+from drive.labelling.loop import FLEET_VERSION, Loop, read_json  # noqa: E402
+
+
+def tiny_loop_config(tmp_path, base_root) -> LoopConfig:
+    return LoopConfig(
+        out_dir=str(tmp_path / "loop"), student_ckpt=write_checkpoint(tmp_path / "student.ckpt", seed=0),
+        teacher_ckpt=write_checkpoint(tmp_path / "teacher.ckpt", seed=1), rounds=1, strategies=["triggers", "human"],
+        threads=1, base=BaseData(root=base_root), fleet=FleetConfig(scenes=3, keyframes=4, workers=1, seed=77),
+        longtail_val=LongtailValConfig(scenes=1, keyframes=4, workers=1), upload=UploadConfig(budget_clips=3),
+        review=ReviewConfig(budget=60.0), teacher={"min_box_score": 0.0}, auto_labels=AutoLabelConfig(min_confidence=0.0),
+        retrain=RetrainConfig(steps=2, warmup_steps=1, num_workers=0),
+        profile=ProfileConfig(targets=["orin-x"], runs=2, warmup=1))
+
+
+def test_bad_loop_config_is_one_clear_error(tmp_path):
+    cfg = LoopConfig(out_dir=str(tmp_path), student_ckpt=str(tmp_path / "missing.ckpt"), teacher_ckpt="x")
+    with pytest.raises(LabellingError, match="student_ckpt: checkpoint not found"):
+        Loop(cfg)
+
+
+@pytest.mark.timeout(1500)
+def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_path, monkeypatch):
+    from drive.labelling.store import read_tables
+
+    cfg = tiny_loop_config(tmp_path, synth_world)
+    loop = Loop(cfg)
+    loop.prepare()
+    fleet = loop.step_fleet(1)
+    loop.step_mine("triggers", 1)  # the car mined intact clips; one arrives corrupt in the cloud
+    bad = fleet["clips"][0]["scene_token"]
+    from drive.data.nusc import open_nuscenes
+
+    nusc = open_nuscenes(loop.paths.fleet(1), FLEET_VERSION)
+    first = nusc.get("sample", nusc.get("scene", bad)["first_sample_token"])
+    path = os.path.join(loop.paths.fleet(1), nusc.get("sample_data", first["data"]["CAM_FRONT"])["filename"])
+    with open(path, "wb") as f:
+        f.write(b"not a jpeg")
+
+    calls = {"clips": 0}
+    real_run = engine.run_clips
+
+    def counting(worker, jobs, **kw):
+        calls["clips"] += len(jobs)
+        return real_run(worker, jobs, **kw)
+
+    monkeypatch.setattr(engine, "run_clips", counting)
+    real_finetune = retrain.finetune
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-round")
+
+    monkeypatch.setattr(retrain, "finetune", crash)
+    with pytest.raises(RuntimeError, match="killed mid-round"):
+        loop.run_round("triggers", 1)
+    d = loop.paths.round_dir("triggers", 1)
+    sel = read_json(os.path.join(d, "select.json"))
+    assert bad in sel["rejected"] and "CAM_FRONT" in " ".join(sel["rejected"][bad])  # rejected, round went on
+    assert bad not in sel["accepted"] and len(sel["accepted"]) == 2
+    review = read_json(os.path.join(d, "review.json"))
+    store_before = read_tables(loop.paths.store("triggers"), "v1.0-r1")
+    mined_and_labelled = calls["clips"]
+    assert mined_and_labelled == 2  # mining was done before; the 2 accepted clips labelled
+
+    monkeypatch.setattr(retrain, "finetune", real_finetune)
+    rep = loop.run_round("triggers", 1)
+    assert calls["clips"] == mined_and_labelled  # nothing mined or relabelled again
+    assert read_json(os.path.join(d, "review.json")) == review
+    store_after = read_tables(loop.paths.store("triggers"), "v1.0-r1")
+    assert store_after["sample_annotation"] == store_before["sample_annotation"]
+    from drive.labelling.queue import ReviewQueue
+
+    items = ReviewQueue(loop.paths.queue).items("triggers", 1)
+    assert len(items) == len({i.sample_token for i in items})  # one queue row per frame, no duplicates
+
+    anns = store_after["sample_annotation"]
+    assert anns and all("provenance" in a for a in anns)
+    sources = {(a["provenance"]["source"], a["provenance"]["round"]) for a in anns}
+    assert ("human", 0) in sources  # the base world's labels
+    if review["frames"]:
+        reviewed = set(review["labels"])
+        assert all(a["provenance"]["source"] == "human" for a in anns if a["sample_token"] in reviewed)
+    auto = [a for a in anns if a["provenance"]["source"] == "auto"]
+    assert all(a["provenance"]["teacher"] == loop.teacher_sha() for a in auto)
+    assert rep["accepted_clips"] == 2 and rep["label_cost"] <= cfg.review.budget
+    assert rep["longtail"]["NDS"] is not None and rep["latency_ms"] > 0
+
+    human = loop.run_round("human", 1)  # its own mining meets the corrupt clip: skipped, the round goes on
+    assert bad in read_json(os.path.join(loop.paths.round_dir("human", 1), "mine.json"))["failed"]
+    assert human["auto_boxes"] == 0 and human["label_cost"] <= cfg.review.budget
+    from drive.labelling.report import write_loop_report
+
+    summary = write_loop_report(loop)
+    assert set(summary["strategies"]) == {"triggers", "human"}
+    assert os.path.isfile(os.path.join(loop.paths.root, "cost_vs_metric.png"))
+    md = open(os.path.join(loop.paths.root, "report.md")).read()
+    assert "long-tail" in md and "CAM_FRONT" in md
+    json.dumps(summary)
