@@ -67,7 +67,7 @@ class NoiseConfig:
 class ReviewConfig:
     """Human labelling: the same cost budget per round for every strategy."""
 
-    budget: float = 120.0  # cost units per round (cost_per_frame + boxes x cost_per_box per frame)
+    budget: float = 120.0  # cost units per round (cost_per_frame + boxes x cost_per_box per frame); unspent carries over
     cost_per_box: float = 1.0
     cost_per_frame: float = 0.5
     noise: NoiseConfig = field(default_factory=NoiseConfig)

@@ -312,7 +312,7 @@ class Loop:
         whole clips in upload order for the humans-only strategy."""
 
         def run():
-            budget = self.cfg.review.budget
+            budget = self.review_budget(strategy, r)
             ann = self.annotator(r)
             if strategy == "human":
                 return _label_whole_clips(ann, self.step_fleet(r), self.step_select(strategy, r)["accepted"],
@@ -328,11 +328,20 @@ class Loop:
             ann.resolve(queue, strategy, r, budget - spent)
             done = ann.replay(queue, strategy, r)  # every frame this reviewer finished, this run or before
             summary = queue.summary(strategy, r)
-            return {"frames": done.frames, "boxes": done.boxes, "cost": summary["cost"], "queued": len(requests),
+            return {"frames": done.frames, "boxes": done.boxes, "cost": summary["cost"], "budget": budget,
+                    "queued": len(requests),
                     "labels": {k: [b.to_dict() for b in v.boxes] for k, v in done.labels.items()},
                     "reviewer": ann.reviewer, "queue": summary}
 
         return step(self.paths.round_dir(strategy, r), "review", run)
+
+    def review_budget(self, strategy: str, r: int) -> float:
+        """This round's human budget: ``review.budget`` per round, what earlier rounds left unspent carried over
+        (so "equal budget" means the same cumulative cap for every strategy: humans labelling whole clips may
+        need two rounds' budget for one clip)."""
+        spent = sum(float((read_json(os.path.join(self.paths.round_dir(strategy, k), "review.json")) or {})
+                          .get("cost", 0.0)) for k in range(1, r))
+        return r * self.cfg.review.budget - spent
 
     def step_store(self, strategy: str, r: int) -> dict:
         """Write the round's store version: earlier rounds + accepted clips with auto and human labels."""
@@ -438,7 +447,7 @@ def _label_whole_clips(ann, fleet: dict, accepted: list[str], fleet_root: str, b
         for t, (bs, _) in frames.items():
             labels[t] = [b.to_dict() for b in bs]
             boxes += len(bs)
-    return {"frames": len(labels), "boxes": boxes, "cost": cost, "clips": clips, "labels": labels,
+    return {"frames": len(labels), "boxes": boxes, "cost": cost, "budget": budget, "clips": clips, "labels": labels,
             "reviewer": ann.reviewer}
 
 
