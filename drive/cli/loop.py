@@ -49,7 +49,7 @@ def _app(cfg: DictConfig) -> None:
         loop = Loop(typed)
         os.makedirs(loop.paths.root, exist_ok=True)
         OmegaConf.save(OmegaConf.structured(typed), os.path.join(loop.paths.root, "config.yaml"))
-        summary = loop.run()
+        loop.run()
     except (LabellingError, DataError, EvalError, DeployError) as e:
         log.error("%s", e)
         print(f"drive-loop: error: {e}", file=sys.stderr)

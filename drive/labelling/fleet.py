@@ -340,14 +340,21 @@ def _resolve(root: str, sd: dict) -> tuple[str | None, str | None]:
         return None, f"file {sd.get('filename')!r} is outside the upload root"
 
 
-def _check_image(root: str, sd: dict) -> str | None:
+def _present(root: str, sd: dict) -> tuple[str, int, str | None]:
+    """(path, size, reason) of an uploaded file: a reason when it escapes the root or is missing."""
     path, bad = _resolve(root, sd)
+    if bad:
+        return "", 0, bad
+    if not os.path.isfile(path):
+        return path, 0, f"file {sd['filename']} missing"
+    return path, os.path.getsize(path), None
+
+
+def _check_image(root: str, sd: dict) -> str | None:
+    path, size, bad = _present(root, sd)
     if bad:
         return bad
     name = sd["filename"]
-    if not os.path.isfile(path):
-        return f"file {name} missing"
-    size = os.path.getsize(path)
     if size == 0:
         return f"file {name} is empty"
     if name.lower().endswith((".jpg", ".jpeg")):
@@ -362,13 +369,10 @@ def _check_image(root: str, sd: dict) -> str | None:
 
 
 def _check_lidar(root: str, sd: dict) -> str | None:
-    path, bad = _resolve(root, sd)
+    _, size, bad = _present(root, sd)
     if bad:
         return bad
     name = sd["filename"]
-    if not os.path.isfile(path):
-        return f"file {name} missing"
-    size = os.path.getsize(path)
     if size == 0 or size % 20:  # float32 x, y, z, intensity, ring per point
         return f"file {name} is not a point cloud of (x, y, z, intensity, ring) float32 points ({size} bytes)"
     return None

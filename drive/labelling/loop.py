@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict
 from typing import Any, Callable, Optional
@@ -33,6 +32,7 @@ from typing import Any, Callable, Optional
 from .config import STRATEGIES, LoopConfig
 from .errors import LabellingError
 from .records import FrameLabels, LabelBox, Provenance
+from .scalabel import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,7 @@ TRUTH_VERSION = "v1.0-mini"
 LONGTAIL_SPLIT = "longtail_val"
 
 
-def write_json(path: str, payload: Any) -> None:
-    """Atomic JSON write (temp file in the same directory, then rename)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+write_json = atomic_write_json  # atomic JSON (temp file in the same folder, fsync, rename)
 
 
 def read_json(path: str) -> Optional[Any]:

@@ -82,8 +82,7 @@ def export(cfg: LoopConfig, ckpt: str, out_dir: str, calib_root: str, calib_vers
 
     precision = cfg.export.precision
     source = frame_source(loader, ckpt, calib_root, calib_version, "loop_train")
-    summary = run_export(loader, ckpt, out_dir, precision, source if precision == "int8" else source,
-                         cfg.export.calib_samples)
+    summary = run_export(loader, ckpt, out_dir, precision, source, cfg.export.calib_samples)  # int8: calibration; else parity
     graphs = {"fp32": os.path.join(out_dir, "model_fp32.onnx")}
     if precision != "fp32":
         graphs[precision] = os.path.join(out_dir, f"model_{precision}.onnx")
