@@ -76,13 +76,17 @@ def test_links_follow_the_augmented_frames(tiny_run):
     ds = run.datamodule.train_set
     idx = next(i for i in range(len(ds)) if ds.prev_index[i] >= 0)
     base = ds.base
+    original = base.augment
     try:
-        base.augment = ds.features_only.augment = replace(base.augment, enabled=False)
+        base.augment = ds.features_only.augment = replace(original, enabled=False)
         (prev_raw,), cur_raw = ds[(idx, 0)]
+        # the default config rotates nothing (it would rotate the plan target): turn rotation on so the
+        # augmented frame really differs from the raw one
+        base.augment = ds.features_only.augment = replace(original, enabled=True, bev_rotation_deg=22.5)
+        (prev_aug,), cur_aug = ds[(idx, 0)]
     finally:
-        base.augment = ds.features_only.augment = replace(base.augment, enabled=True)
+        base.augment = ds.features_only.augment = original
     np.testing.assert_allclose(relative_pose(prev_raw[2], cur_raw[2]), cur_raw[0].prev_T_cur.numpy(), atol=1e-4)
-    (prev_aug,), cur_aug = ds[(idx, 0)]
     for raw, aug in ((prev_raw, prev_aug), (cur_raw, cur_aug)):
         cams_raw = np.asarray(raw[2].global_T_ego) @ raw[0].ego_T_cam.double().numpy()
         cams_aug = np.asarray(aug[2].global_T_ego) @ aug[0].ego_T_cam.double().numpy()
