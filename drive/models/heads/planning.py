@@ -4,7 +4,10 @@ The ego query is a learned embedding plus a command embedding (one plan conditio
 command, not one plan per command). Ego status (speed, acceleration, yaw rate) enters only
 when ``use_ego_status`` is True; it is off by default because an ego-status shortcut alone
 already matches full stacks on open-loop L2 ("Is Ego Status All You Need?"), so ablations
-must be able to switch it. Waypoints are cumulative ``(x, y)`` in the current ego frame.
+must be able to switch it. With it on, the status embedding is also handed straight to the waypoint
+decoder (a skip past the attention layers, as in AD-MLP), so the head can at least learn the
+ego-status MLP baseline and the BEV / agent context only has to refine it.
+Waypoints are cumulative ``(x, y)`` in the current ego frame.
 """
 from __future__ import annotations
 
@@ -43,16 +46,19 @@ class PlanningHead(nn.Module):
         self.ego_status_embed = MLP(ego_status_dim, embed_dim, embed_dim) if use_ego_status else None
         self.bev_tokens = BEVTokens(embed_dim, bev_size, bev_range, kv_stride)
         self.layers = nn.ModuleList(PlanningLayer(embed_dim, num_heads) for _ in range(num_layers))
-        self.decoder = MLP(embed_dim, embed_dim, future_steps * 2)
+        self.decoder = MLP(embed_dim * (2 if use_ego_status else 1), embed_dim, future_steps * 2)
 
     def forward(self, bev_BCYX: Tensor, command_B: Tensor, ego_status_B3: Tensor, agent_tokens_BAC: Tensor,
                 agent_scores_BA: Tensor) -> Tensor:
         ego = self.ego_query + self.command_embed(command_B)[:, None, :]
+        status = None
         if self.ego_status_embed is not None:  # a config switch, fixed at construction
-            ego = ego + self.ego_status_embed(ego_status_B3)[:, None, :]
+            status = self.ego_status_embed(ego_status_B3)
+            ego = ego + status[:, None, :]
         bev_val, bev_key = self.bev_tokens(bev_BCYX)
         bias = score_bias(agent_scores_BA)
         for layer in self.layers:
             ego = layer(ego, agent_tokens_BAC, bias, bev_val, bev_key)
-        deltas = self.decoder(ego[:, 0]).view(-1, self.future_steps, 2)
+        features = ego[:, 0] if status is None else torch.cat([ego[:, 0], status], dim=-1)
+        deltas = self.decoder(features).view(-1, self.future_steps, 2)
         return deltas.cumsum(dim=1)
