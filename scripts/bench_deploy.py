@@ -1,15 +1,20 @@
 """Deployment benchmark of the edge preset on this CPU, side by side in one run.
 
     python scripts/bench_deploy.py [--runs 100] [--threads 2] [--calib 16] [--targets orin-x] [--report DIR]
+    python scripts/bench_deploy.py --ckpt RUN/checkpoints/last.ckpt --calib 64 [--precisions fp32,fp16,int8]
 
-Builds ``edge_config()`` (random weights: latency and FLOPs are what matter here; accuracy of the
-int8 graph is measured against the fp32 graph, not against ground truth), exports it, quantizes it
-(INT8 QDQ calibrated on a synthetic scene whose ``prev_bev`` comes from the model itself), then
+Without ``--ckpt`` it builds ``edge_config()`` with random weights (latency and FLOPs are what matter;
+int8 is compared with the fp32 graph on tensors only) and calibrates on a synthetic scene. With
+``--ckpt`` it loads the trained model, calibrates INT8 on the first ``--calib`` frames of the run's
+training split (the model's own previous BEV looped in) and scores every precision with drive-eval on
+the run's val split (``--split``): eager torch, ONNX fp32 / fp16 / int8, NDS / mAP / map IoU / minADE /
+planning L2, the deltas against the export goals (``drive.deploy.accuracy``) and the
+accuracy-vs-latency plot in the report. In both cases it exports, quantizes (INT8 QDQ), then
 measures torch eager vs onnxruntime fp32 vs onnxruntime int8 (p50 / p90 / p99 over ``--runs``),
 the host roofline floor (graph FLOPs / matmul-probe GFLOP/s, bytes / 34 GB/s) and the measured /
 floor ratio, a per-stage table, and the ESTIMATED Orin INT8 latency (roofline x host correction;
 not a measurement), with the CUDA-FastBEV backbone anchor as a sanity check of the estimator.
-Writes ``benchmarks/deploy.json`` and one line in ``BENCHMARKS.md`` (scripts/benchlib.py).
+Writes ``benchmarks/deploy.json`` (``deploy_trained.json`` with ``--ckpt``) and one line in ``BENCHMARKS.md``.
 """
 from __future__ import annotations
 
@@ -23,9 +28,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import record  # noqa: E402
 
+from drive.deploy.accuracy import accuracy_deltas, evaluate_precisions  # noqa: E402
+from drive.deploy.calibration import frame_source  # noqa: E402
 from drive.deploy.chips import ESTIMATE_NOTE, fastbev_backbone_check, load_catalogue  # noqa: E402
 from drive.deploy.export import export_onnx, parity, split_batch  # noqa: E402
-from drive.deploy.quantize import compare_to_reference, quantize_int8, temporal_inputs  # noqa: E402
+from drive.deploy.quantize import compare_to_reference, quantize_int8, take_samples, temporal_inputs, to_fp16  # noqa: E402
+from drive.evaluation.checkpoint import load_model  # noqa: E402
 from drive.deploy.report import ProfileSubject, jsonable, run_profile  # noqa: E402
 from drive.models import INPUT_NAMES, build_model, edge_config  # noqa: E402
 from drive.models.example_inputs import example_inputs  # noqa: E402
@@ -51,24 +59,48 @@ def main() -> None:
     ap.add_argument("--view-transform", default="bevformer", choices=["bevformer", "bilinear"])
     ap.add_argument("--report", default=None, help="also write profile.json / profile.md / plots here")
     ap.add_argument("--no-record", action="store_true", help="do not write benchmarks/deploy.json")
+    ap.add_argument("--ckpt", default=None, help="trained drive-train checkpoint (real calibration + drive-eval)")
+    ap.add_argument("--split", default=None, help="--ckpt: drive-eval split (default: the run's data.val_split)")
+    ap.add_argument("--precisions", default="fp32,int8", help="ONNX precisions (fp32 and int8 always; add fp16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = edge_config(view_transform=args.view_transform)
-    model = build_model(cfg).eval()
-
-    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as work:
-        fp32 = os.path.join(work, "edge_fp32.onnx")
-        int8 = os.path.join(work, "edge_int8.onnx")
-        export = export_onnx(model, cfg, fp32)
+    precisions = ["fp32", "int8"] + (["fp16"] if "fp16" in args.precisions.split(",") else [])
+    if args.ckpt:
+        model, cfg, meta = load_model(args.ckpt)
+        data = (meta.hyper_parameters or {}).get("data", {}) or {}
+        root, version = data.get("root", "data/synth"), data.get("version", "v1.0-mini")
+        split = args.split or data.get("val_split", "mini_val")
+        frames = take_samples(frame_source(lambda p: (model, cfg, {"data": data}), args.ckpt)(), args.calib + 4)
+        calib, evals = frames[:args.calib], frames[args.calib:]
+    else:
+        cfg = edge_config(view_transform=args.view_transform)
+        model = build_model(cfg).eval()
         calib = scene(model, cfg, args.calib, seed=100)
         evals = scene(model, cfg, 4, seed=500)
-        par = parity(fp32, model, evals[:2])
-        qrep = quantize_int8(fp32, int8, calib, args.calib)
-        acc = compare_to_reference(fp32, int8, evals[1:])
-        subject = ProfileSubject("edge", model, cfg, onnx={"fp32": fp32, "int8": int8}, inputs=evals[1])
+
+    evaluated, deltas = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as work:
+        graphs = {p: os.path.join(work, f"edge_{p}.onnx") for p in precisions}
+        export = export_onnx(model, cfg, graphs["fp32"])
+        par = parity(graphs["fp32"], model, evals[:2])
+        qrep = quantize_int8(graphs["fp32"], graphs["int8"], calib, args.calib) if "int8" in graphs else {}
+        if "fp16" in graphs:
+            to_fp16(graphs["fp32"], graphs["fp16"])
+        acc = compare_to_reference(graphs["fp32"], graphs.get("int8", graphs["fp32"]), evals[1:])
+        if args.ckpt:
+            evaluated = evaluate_precisions(args.ckpt, graphs, root, version, split, os.path.join(work, "eval"),
+                                            threads=args.threads)
+            deltas = accuracy_deltas(evaluated)
+            for k, v in evaluated.items():
+                print(f"drive-eval {split} {k:6s}: " + ", ".join(f"{m} {x:.4f}" for m, x in v.items() if x is not None))
+            for k, v in deltas.items():
+                print(f"{k} vs {v['reference']}: " + ", ".join(f"d{m} {x:+.4f}" for m, x in v["delta"].items())
+                      + f"  goal {v['goal_max_abs']} met: {v['meets_goal']}")
+        subject = ProfileSubject("edge", model, cfg, onnx=graphs, inputs=evals[1])
+        accuracy = {"edge": {p: {m: x for m, x in evaluated[p].items() if x is not None} for p in graphs}} if evaluated else None
         result = run_profile([subject], args.targets, args.report, runs=args.runs, warmup=args.warmup,
-                             threads=args.threads)
+                             threads=args.threads, precisions=precisions, accuracy=accuracy)
     p = result["subjects"]["edge"]
     lat, hr = p["latency"], p["host_roofline"]
     orin = p["chips"].get("orin-x", {}).get("int8")
@@ -90,7 +122,8 @@ def main() -> None:
               f"{s['measured_ms'] or 0:8.1f} {i8.get(stage, 0):8.1f} {s['floor_ms']:7.2f} "
               f"{(s['measured_over_floor'] or 0):8.1f} {100 * (s['achieved_fraction_of_probe'] or 0):7.1f} "
               f"{(o or 0):9.2f}")
-    print(f"int8 vs fp32 (untrained weights, synthetic scene): BEV rel L2 {acc['rel_l2']['bev']:.3f}, "
+    source = "trained weights, held-out train frames" if args.ckpt else "untrained weights, synthetic scene"
+    print(f"int8 vs fp32 ({source}): BEV rel L2 {acc['rel_l2']['bev']:.3f}, "
           f"top-10 detections matched {acc['detections']['match_rate']:.2f} (centre err {acc['detections']['centre_err_m']:.3f} m), "
           f"plan max {acc['plan_max_abs_m']:.3f} m; fp32 parity max {max(v['max_abs'] for k, v in par.items() if k != '_frames'):.1e}")
     if orin:
@@ -122,13 +155,21 @@ def main() -> None:
         "chips_estimates_not_measurements": {t: {pr: {"estimate_ms": e["estimate_ms"], "roofline_ms": e["roofline_ms"]}
                                                  for pr, e in per.items()} for t, per in p["chips"].items()},
         "fastbev_anchor": anchor,
+        "checkpoint": os.path.abspath(args.ckpt) if args.ckpt else None,
+        "drive_eval": {"split": split, "by_precision": evaluated, "deltas": deltas} if args.ckpt else None,
     }
     summary = (f"edge {cfg.view_transform}, {args.threads} thr: eager {lat['torch_eager_fp32']['p50_ms']:.0f} / "
                f"ORT fp32 {lat['ort_fp32']['p50_ms']:.0f} / ORT int8 {lat['ort_int8']['p50_ms']:.0f} ms p50; "
                f"host floor {hr['floor_ms']:.1f} ms ({hr['wall_over_floor']:.0f}x); int8 BEV rel err "
                f"{acc['rel_l2']['bev']:.3f}; Orin int8 ESTIMATE {orin['estimate_ms']:.1f} ms" if orin else "")
+    if args.ckpt:
+        ev = evaluated
+        summary = (f"trained {os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(args.ckpt))))}; " + summary
+                   + "; drive-eval " + split + ": " + ", ".join(
+                       f"{k} NDS {ev[k]['NDS']:.4f} L2 {ev[k]['plan_l2_avg_averaged']:.3f}" for k in ev)
+                   + "; goals met: " + ", ".join(f"{k} {v['meets_goal']}" for k, v in deltas.items()))
     if not args.no_record:
-        print(record("deploy", jsonable(figures), summary))
+        print(record("deploy_trained" if args.ckpt else "deploy", jsonable(figures), summary))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ requested chips (``drive.deploy.chips``), and writes into ``report_dir``:
   vs bilinear view transform);
 * ``stage_latency.png``: per-stage latency bars per target (host measured, chips estimated; log scale);
 * ``accuracy_latency.png``: accuracy vs host latency per precision, when accuracy numbers are
-  given (``accuracy={subject: {precision: {metric: value}}}``; drive-eval integration comes later).
+  given (``accuracy={subject: {precision: {metric: value}}}``, e.g. from drive-eval runs:
+  ``drive profile ... --eval int8=EVAL_DIR``, or ``drive.deploy.accuracy.evaluate_precisions``).
 
 Chip numbers are estimates, not measurements; every output says so.
 """
@@ -292,7 +293,9 @@ def plot_accuracy_latency(result: Mapping[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     acc = result["accuracy"]
-    metrics = sorted({m for per in acc.values() for ms in per.values() for m in ms})
+    given = {m for per in acc.values() for ms in per.values() for m in ms}
+    headline = [m for m in ("NDS", "mAP", "map_iou", "minADE", "plan_l2_avg_averaged") if m in given]
+    metrics = headline or sorted(given)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for name, per in acc.items():
@@ -359,6 +362,31 @@ def add_profile_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--precisions", default="fp32,int8", help="host variants to time (fp32 always)")
+    parser.add_argument("--eval", action="append", default=[], metavar="[NAME:]PREC=PATH",
+                        help="drive-eval output (dir or metrics.json) of a precision, for the accuracy-vs-latency "
+                             "plot; NAME defaults to the first model; repeat per precision / model")
+
+
+def eval_accuracy(specs: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """``--eval [NAME:]PREC=PATH`` arguments -> ``{subject: {precision: summarised drive-eval figures}}``."""
+    from drive.evaluation.errors import EvalError
+    from drive.evaluation.summary import load_eval_summary
+
+    out: dict[str, dict[str, dict]] = {}
+    for spec in specs:
+        head, sep, path = spec.partition("=")
+        name, _, prec = head.rpartition(":")
+        name = name or (names[0] if names else "")
+        if not sep or not path or prec not in ("fp32", "fp16", "int8"):
+            raise DeployError(f"--eval {spec!r}: expected [NAME:]PREC=PATH with PREC fp32, fp16 or int8")
+        if name not in names:
+            raise DeployError(f"--eval {spec!r}: no profiled model is called {name!r} (models: {', '.join(names)})")
+        try:
+            figures = load_eval_summary(path)
+        except EvalError as e:
+            raise DeployError(f"--eval {spec!r}: {e}") from None
+        out.setdefault(name, {})[prec] = {k: v for k, v in figures.items() if isinstance(v, (int, float))}
+    return out
 
 
 def profile_command(args, load_model: Callable[[str], tuple]) -> int:
@@ -381,8 +409,9 @@ def profile_command(args, load_model: Callable[[str], tuple]) -> int:
             else:
                 model, config, _ = load_model(path)
                 subjects.append(ProfileSubject(name=name, model=model.eval(), config=config))
+        accuracy = eval_accuracy(getattr(args, "eval", []), [s.name for s in subjects])
         result = run_profile(subjects, args.targets, args.report, args.runs, args.warmup, args.threads,
-                             [p for p in args.precisions.split(",") if p])
+                             [p for p in args.precisions.split(",") if p], accuracy=accuracy or None)
     except DeployError as e:
         print(f"drive profile: error: {e}", file=sys.stderr)
         return 2

@@ -111,30 +111,12 @@ def profile(cfg: LoopConfig, name: str, exp: dict, report_dir: str) -> dict:
 def evaluate_longtail(cfg: LoopConfig, ckpt: str, graph: str, longtail_root: str, out_dir: str) -> dict:
     """drive-eval's pipeline with the ONNX backend on the fixed long-tail val split."""
     from drive.evaluation.runner import EvalOptions, evaluate
+    from drive.evaluation.summary import summarise_eval
 
     m = evaluate(EvalOptions(root=longtail_root, version="v1.0-mini", split="longtail_val", out_dir=out_dir,
                              backend="onnx", onnx_path=graph, ckpt_path=ckpt, train_split=None, report=False,
                              threads=cfg.threads, render_curves=False, num_cases=0))
     return summarise_eval(m)
-
-
-def summarise_eval(m: dict) -> dict:
-    det, plan, motion = m.get("detection", {}), m.get("planning", {}), m.get("motion", {})
-    model_motion = motion.get("model", {}) if isinstance(motion.get("model"), dict) else {}
-    refined = _method(plan, "plan_refined")
-    return {"NDS": det.get("NDS"), "mAP": det.get("mAP"), "minADE": model_motion.get("minADE"),
-            "minFDE": model_motion.get("minFDE"),
-            "plan_l2_avg_averaged": refined.get("l2_avg_averaged"), "plan_l2_avg_per_step": refined.get("l2_avg_per_step"),
-            "collision_avg_averaged": refined.get("collision_avg_averaged"),
-            "inference_s_per_frame": m.get("run", {}).get("inference_s_per_frame")}
-
-
-def _method(plan: dict, name: str) -> dict:
-    """The flat figures of one planning method, whatever nesting the planning block uses."""
-    for key in ("methods", "by_method"):
-        if isinstance(plan.get(key), dict) and name in plan[key]:
-            return plan[key][name]
-    return plan.get(name, {}) if isinstance(plan.get(name), dict) else {}
 
 
 def score_against_truth(truth_root: str, scene_tokens: list[str], results: dict[str, list], split: str,
