@@ -54,3 +54,32 @@ def test_profile_eval_arguments(tmp_path):
                      (f"other:fp32={tmp_path / 'a'}", "no profiled model"), (f"fp32={tmp_path / 'c'}", "metrics.json")]:
         with pytest.raises(DeployError, match=why):
             eval_accuracy([bad], ["edge", "cloud"])
+
+
+@pytest.mark.slow
+def test_bench_deploy_with_a_checkpoint_scores_every_precision_through_drive_eval(synth_world, tmp_path):
+    """scripts/bench_deploy.py --ckpt: export, int8 calibrated on the run's train split, drive-eval of eager /
+    fp32 / int8 on its val split, deltas against the goals, and the accuracy-vs-latency plot."""
+    import os
+    import subprocess
+    import sys
+
+    from eval_fixtures import ROOT, tiny_hparams, write_checkpoint
+
+    hparams = {**tiny_hparams(), "data": {"root": synth_world, "version": "v1.0-mini", "train_split": "mini_train",
+                                          "val_split": "mini_val"}}
+    ckpt = write_checkpoint(tmp_path / "tiny.ckpt", hparams=hparams)
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "scripts/bench_deploy.py", "--ckpt", ckpt, "--calib", "4", "--runs", "3",
+                           "--warmup", "1", "--threads", "1", "--report", str(report), "--no-record"],
+                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in ("drive-eval mini_val torch", "drive-eval mini_val fp32", "drive-eval mini_val int8",
+                 "fp32 vs torch:", "int8 vs fp32:"):
+        assert line in proc.stdout, proc.stdout[-3000:]
+    fp32_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("fp32 vs torch:"))
+    assert "met: True" in fp32_line  # the fp32 graph scores what eager scores
+    assert (report / "accuracy_latency.png").stat().st_size > 0
+    profile = json.loads((report / "profile.json").read_text())
+    assert set(profile["accuracy"]["edge"]) == {"fp32", "int8"}
