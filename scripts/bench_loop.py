@@ -109,10 +109,7 @@ def main() -> None:
     else:
         from benchlib import record
 
-        path = record("loop", figures, summary_line)
-        if os.path.abspath(a.json) != os.path.abspath(path):
-            with open(path) as src, open(a.json, "w") as dst:
-                dst.write(src.read())
+        record("loop", figures, summary_line, path=a.json)
     print(summary_line)
 
 

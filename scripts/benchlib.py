@@ -34,12 +34,13 @@ def commit() -> str:
         return "?"
 
 
-def record(name: str, figures: dict, summary: str) -> str:
-    """Write benchmarks/<name>.json and append one line to BENCHMARKS.md."""
+def record(name: str, figures: dict, summary: str, path: str | None = None) -> str:
+    """Write ``path`` (default benchmarks/<name>.json) and append one line to BENCHMARKS.md."""
     out = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "commit": commit(),
            "command": " ".join(["python"] + sys.argv), "figures": figures}
     os.makedirs(os.path.join(ROOT, "benchmarks"), exist_ok=True)
-    path = os.path.join(ROOT, "benchmarks", f"{name}.json")
+    path = path or os.path.join(ROOT, "benchmarks", f"{name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
