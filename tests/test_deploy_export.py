@@ -25,6 +25,7 @@ import json
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -104,6 +105,9 @@ def test_int8_keeps_outputs_within_tolerance(exported) -> None:
     # the learned sampling-offset projections (Gemm after pre-processing) stay float, for that reason
     reasons = {(n["op_type"], n["reason"]) for n in report["nodes"]}
     assert ("Gemm", "sampling_grid") in reasons and ("MatMul", "feasibility") in reasons
+    # the last learned layer before each task output stays float: the detection convs and the plan decoder
+    head_out = {(n["op_type"], n["stage"]) for n in report["nodes"] if n["reason"] == "head_output"}
+    assert ("Conv", "detection_head") in head_out and ("Gemm", "planning_head") in head_out, head_out
     q = onnx.load(exported.int8).graph
     assert {n.domain for n in q.node} <= {"", "ai.onnx"}
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.node}
@@ -114,7 +118,8 @@ def test_int8_keeps_outputs_within_tolerance(exported) -> None:
     assert acc["score_map_max_abs"] <= 0.01
     det = acc["detections"]
     assert det["match_rate"] >= 0.85 and det["centre_err_m"] <= 0.5, det
-    assert det["decisive"] >= 10 and det["decisive_match_rate"] == 1.0, det
+    # random weights give a smooth heatmap: most peaks are near-ties with a neighbour cell, few are decisive
+    assert det["decisive"] >= 1 and det["decisive_match_rate"] == 1.0, det
     assert acc["plan_max_abs_m"] <= 0.25 and acc["plan_refined_max_abs_m"] <= 0.25
 
 
@@ -248,3 +253,28 @@ def test_export_failing_after_the_fp32_graph_leaves_no_model(exported, tmp_path,
         run_export(lambda path: (exported.model, exported.cfg, {}), exported.ckpt, str(out), "int8",
                    lambda: iter(exported.calib + exported.held_out), calib_samples=16)
     assert os.listdir(out) == []
+
+
+def test_a_peak_tied_with_its_neighbour_is_not_decisive() -> None:
+    """Hand case: a clear peak, a peak 0.005 (logit) above its neighbour, and the cut-off peak. The variant lets
+    the neighbour overtake, so the tied detection moves one cell (2 m): it is missed but not decisive (its
+    score is far above the cut-off, but not above its neighbour); the clear peak is decisive and found."""
+    from drive.deploy.quantize import detection_agreement
+
+    logits = np.full((1, 1, 5, 5), -4.0)
+    logits[0, 0, 2, 2] = 3.0  # clear peak
+    logits[0, 0, 0, 0], logits[0, 0, 0, 1] = 1.0, 0.995  # near-tie with its right neighbour
+    logits[0, 0, 4, 4] = -1.0  # the K-th (cut-off) detection
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    boxes = np.zeros((1, 3, 9))
+    boxes[0, :, :2] = [(0.0, 0.0), (-4.0, -4.0), (4.0, 4.0)]
+    ref = {"det_heatmap": logits, "boxes": boxes, "scores": sig(np.array([[3.0, 1.0, -1.0]])),
+           "labels": np.zeros((1, 3), np.int64)}
+    test_logits = logits.copy()
+    test_logits[0, 0, 0, 1] = 1.01
+    moved = boxes.copy()
+    moved[0, 1, :2] = (-2.0, -4.0)
+    test = {"det_heatmap": test_logits, "boxes": moved, "scores": ref["scores"], "labels": ref["labels"]}
+    agreement = detection_agreement(ref, test, top_n=3, radius=1.0)
+    assert agreement["match_rate"] == pytest.approx(2 / 3)
+    assert agreement["decisive"] == 1 and agreement["decisive_match_rate"] == 1.0

@@ -54,7 +54,12 @@ REASONS: dict[str, str] = {
                      "int8 has ~1/256 of the range, i.e. whole pixels / BEV cells of error",
     "feasibility": "feasibility optimiser: unrolled iterations compound error, negligible FLOPs",
     "attention_matmul": "attention MatMul (q·kᵀ, p·v): both operands are activations with wide ranges",
+    "head_output": "last learned layer before a task output (box regression, heatmap, map logits, trajectories, "
+                   "plan): its 8-bit output grid becomes metric error in the box / waypoint; negligible FLOPs",
 }
+# outputs whose last learned layer stays float (the BEV state is not: its producers are the encoder's norms)
+HEAD_OUTPUTS: tuple[str, ...] = ("det_heatmap", "det_regression", "det_attributes", "map_logits", "motion_trajs",
+                                 "motion_mode_logits", "plan")
 QUANT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
 KEY_OPS: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "GridSample", "Softmax", "LayerNormalization")
 _STOP_AT = {"Conv", "MatMul", "Gemm"}  # included, not traversed: the learned projection producing offsets / boxes
@@ -152,8 +157,27 @@ def _grid_cone(graph: onnx.GraphProto) -> set[str]:
     return seen
 
 
+def _head_output_layers(graph: onnx.GraphProto, outputs: Sequence[str] = HEAD_OUTPUTS) -> set[str]:
+    """The Conv / MatMul / Gemm nodes nearest to each of ``outputs`` (walking back through shape and
+    element-wise ops, not past the first learned layer of any path)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    seen: set[str] = set()
+    found: set[str] = set()
+    stack = [producer[o.name] for o in graph.output if o.name in outputs and o.name in producer]
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in QUANT_OP_TYPES:
+            found.add(node.name)
+            continue
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return found
+
+
 def sensitive_nodes(model: onnx.ModelProto, reference: Optional[onnx.ModelProto] = None,
-                    attention_matmuls: bool = True) -> dict[str, str]:
+                    attention_matmuls: bool = True, head_outputs: bool = True) -> dict[str, str]:
     """Node name -> reason key (``REASONS``) for every node that should stay in float.
 
     ``reference``: the exported graph with scope metadata when ``model`` was rewritten (e.g. by
@@ -169,6 +193,9 @@ def sensitive_nodes(model: onnx.ModelProto, reference: Optional[onnx.ModelProto]
         out[name] = "sampling_grid"
     for name in _decomposed_layernorm(graph):
         out[name] = "layernorm"
+    if head_outputs:
+        for name in _head_output_layers(graph):
+            out.setdefault(name, "head_output")
     for n in graph.node:
         ref = ref_nodes.get(n.name) or ref_nodes.get(n.name.split("/")[0])
         hierarchy = node_meta(ref, "pkg.torch.onnx.class_hierarchy") if ref is not None else ""
@@ -338,10 +365,11 @@ def detection_agreement(ref: Mapping[str, np.ndarray], test: Mapping[str, np.nda
     """For the reference's ``top_n`` detections: the share found in the test output (same label, centre
     within ``radius`` metres, anywhere in its top-K) and the mean centre / size / yaw error of matches.
 
-    ``decisive`` detections are those whose score beats the reference's K-th score by more than twice
-    the largest score change anywhere on the map: no score error of that size can push them out of
-    the top-K, so a faithful variant must find every one of them (``decisive_match_rate`` = 1).
-    Near-ties at the cut-off (common with untrained weights) only affect ``match_rate``.
+    ``decisive`` detections are those whose score beats the reference's K-th score, and every other cell
+    of its 3x3 peak window, by more than twice the largest score change anywhere on the map: no score
+    error of that size can push them out of the top-K or move their peak to a neighbouring cell, so a
+    faithful variant must find every one of them (``decisive_match_rate`` = 1). Near-ties at the cut-off
+    or between neighbouring cells (common with untrained weights) only affect ``match_rate``.
     """
     matched, centre, size, yaw = 0, [], [], []
     rb, rs, rl = ref["boxes"][0], ref["scores"][0], ref["labels"][0]
@@ -349,10 +377,18 @@ def detection_agreement(ref: Mapping[str, np.ndarray], test: Mapping[str, np.nda
     sig = lambda x: 1.0 / (1.0 + np.exp(-x.astype(np.float64)))  # noqa: E731
     noise = float(np.abs(sig(ref["det_heatmap"]) - sig(test["det_heatmap"])).max())
     cutoff = float(rs.min())
+    prob = sig(ref["det_heatmap"][0])  # (C, S, S)
+    padded = np.pad(prob, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    s = prob.shape[-1]
+    neighbours = np.max([padded[:, 1 + dy:1 + dy + s, 1 + dx:1 + dx + s]
+                         for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)], axis=0)
     order = np.argsort(-rs)[:top_n]
     decisive, decisive_hit = 0, 0
     for i in order:
-        is_decisive = int(rs[i] - cutoff > 2 * noise)
+        channel = prob[int(rl[i])].ravel()
+        cell = int(np.argmin(np.abs(channel - rs[i])))  # the peak cell the score was read from
+        peak_margin = channel[cell] - neighbours[int(rl[i])].ravel()[cell]
+        is_decisive = int(rs[i] - cutoff > 2 * noise and peak_margin > 2 * noise)
         decisive += is_decisive
         same = np.flatnonzero(tl == rl[i])
         if not len(same):
