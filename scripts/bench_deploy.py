@@ -84,10 +84,10 @@ def main() -> None:
         graphs = {p: os.path.join(work, f"edge_{p}.onnx") for p in precisions}
         export = export_onnx(model, cfg, graphs["fp32"])
         par = parity(graphs["fp32"], model, evals[:2])
-        qrep = quantize_int8(graphs["fp32"], graphs["int8"], calib, args.calib) if "int8" in graphs else {}
+        qrep = quantize_int8(graphs["fp32"], graphs["int8"], calib, args.calib)
         if "fp16" in graphs:
             to_fp16(graphs["fp32"], graphs["fp16"])
-        acc = compare_to_reference(graphs["fp32"], graphs.get("int8", graphs["fp32"]), evals[1:])
+        acc = compare_to_reference(graphs["fp32"], graphs["int8"], evals[1:])
         if args.ckpt:
             evaluated = evaluate_precisions(args.ckpt, graphs, root, version, split, os.path.join(work, "eval"),
                                             threads=args.threads)

@@ -13,7 +13,7 @@ from drive.data.synth.world import MINI_TRAIN, MINI_VAL, plan_world
 from drive.labelling.errors import LabellingError
 from drive.labelling.fleet import (FLEET_VERSION, LONGTAIL_KNOBS, generate_fleet, generate_longtail_val, list_clips,
                                    longtail_knobs, validate_clip)
-from drive.labelling.store import read_table, write_json
+from drive.labelling.tables import read_table, write_json
 from drive.types import CAMERAS
 
 

@@ -37,7 +37,7 @@ def test_bad_loop_config_is_one_clear_error(tmp_path):
 
 @pytest.mark.timeout(1500)
 def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_path, monkeypatch):
-    from drive.labelling.store import read_tables
+    from drive.labelling.tables import read_tables
 
     cfg = tiny_loop_config(tmp_path, synth_world)
     loop = Loop(cfg)

@@ -14,7 +14,8 @@ from drive.data.synth.world import generate_world
 from drive.labelling.errors import LabellingError
 from drive.labelling.fleet import FLEET_VERSION, generate_fleet, list_clips
 from drive.labelling.records import FrameLabels, LabelBox, Provenance
-from drive.labelling.store import LabelStore, read_table, write_json
+from drive.labelling.store import LabelStore
+from drive.labelling.tables import read_table, write_json
 from drive.types import CLASSES
 
 BASE_PROV = Provenance("human", 0, "ours", reviewer="base").to_dict()

@@ -36,7 +36,7 @@ from drive.data.synth.world import generate_world
 from drive.types import CAMERAS, LIDAR
 
 from .errors import LabellingError
-from .store import data_path, read_json, read_table, read_tables, write_json
+from .tables import data_path, read_json, read_table, read_tables, write_json
 
 log = logging.getLogger(__name__)
 

@@ -35,29 +35,24 @@ the box (devkit ``points_in_box``), or 0 when the sample has no lidar file.
 """
 from __future__ import annotations
 
-import filecmp
-import glob
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
-from nuscenes.utils import splits as devkit_splits
 from nuscenes.utils.data_classes import Box
 from nuscenes.utils.geometry_utils import points_in_box
 from pyquaternion import Quaternion
 
-from drive.data.errors import DataError
-from drive.data.nusc import TABLES, resolve_data_path
 from drive.types import ATTRIBUTES, LIDAR
 
 from .errors import LabellingError
 from .records import DETECTION_TO_CATEGORY, FrameLabels, LabelBox, Provenance, stable_token
+from .tables import (Tables, add_static, by_token, data_path, digest, full_visibility_token, link_file, merge_static,
+                     read_json, read_table, read_tables, rechain, restrict_to_scenes, split_scene_names,
+                     write_version_dir)
 
 log = logging.getLogger(__name__)
 
@@ -65,115 +60,6 @@ LOOP_SPLIT = "loop_train"
 STATS_FILE = "stats.json"  # written last: its presence marks a complete version
 LABEL_INDEX_FILE = "label_index.json"
 _VERSION_RE = re.compile(r"^v1\.0-r(\d+)$")
-# Static tables are merged by name onto the tokens already in the store: one row per name.
-_STATIC_KEY = {"category": "name", "attribute": "name", "visibility": "level", "sensor": "channel"}
-_FULL_VISIBILITY = ("4", "v80-100", "visibility of whole object is between 80 and 100%")
-
-Tables = dict[str, list[dict]]
-
-
-# ---------------------------------------------------------------------------------------------- table I/O
-
-
-def read_table(root: str, version: str, name: str) -> list[dict]:
-    """One table of ``<root>/<version>`` as a list of rows; a missing / malformed file is a ``LabellingError``."""
-    path = os.path.join(root, version, f"{name}.json")
-    try:
-        with open(path) as f:
-            rows = json.load(f)
-    except FileNotFoundError:
-        raise LabellingError(f"missing table file {path}") from None
-    except (OSError, ValueError) as e:
-        raise LabellingError(f"malformed table file {path}: {e}") from e
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "token" in r for r in rows):
-        raise LabellingError(f"table file {path} must be a list of rows, each with a 'token'")
-    return rows
-
-
-def read_tables(root: str, version: str, names: Iterable[str] = TABLES) -> Tables:
-    return {n: read_table(root, version, n) for n in names}
-
-
-def read_json(path: str, what: str = "file"):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise LabellingError(f"missing {what} {path}") from None
-    except (OSError, ValueError) as e:
-        raise LabellingError(f"malformed {what} {path}: {e}") from e
-
-
-def write_json(path: str, obj) -> None:
-    """Write ``obj`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=0)
-    os.replace(tmp, path)
-
-
-def data_path(root: str, filename: str, where: str) -> str:
-    """``resolve_data_path`` with a ``LabellingError`` naming the table row that holds the bad name."""
-    if not isinstance(filename, str) or not filename:
-        raise LabellingError(f"{where}: empty or non-string file name {filename!r}")
-    try:
-        return resolve_data_path(root, filename)
-    except DataError as e:
-        raise LabellingError(f"{where}: {e}") from e
-
-
-def link_file(src: str, dst: str) -> bool:
-    """Hard-link ``src`` to ``dst`` (copy if linking fails), atomically. Returns False if ``dst`` already holds
-    the same file; two different files for one path is a ``LabellingError``."""
-    if os.path.lexists(dst):
-        try:
-            same = os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False)
-        except OSError as e:
-            raise LabellingError(f"cannot compare {src} with the existing {dst}: {e}") from e
-        if not same:
-            raise LabellingError(f"file name collision: {dst} already holds a different file than {src}")
-        return False
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:  # another file system, or links not allowed
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return True
-
-
-def write_version_dir(final: str, tables: Tables, extra: Sequence[tuple[str, object]]) -> None:
-    """Write a table version into a temporary sibling and rename it to ``final`` (replacing a leftover).
-
-    ``extra`` files are written in order after the tables; put the completion marker last."""
-    parent, name = os.path.split(final)
-    for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        for t in TABLES:
-            with open(os.path.join(tmp, f"{t}.json"), "w") as f:
-                json.dump(tables[t], f, indent=0)
-        for fname, obj in extra:
-            with open(os.path.join(tmp, fname), "w") as f:
-                json.dump(obj, f, indent=0)
-        if os.path.lexists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _by_token(rows: Iterable[dict]) -> dict[str, dict]:
-    return {r["token"]: r for r in rows}
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- lidar counts
@@ -185,8 +71,8 @@ class LidarCounter:
 
     def __init__(self, root: str, tables: Tables):
         self.root = root
-        self.calib = _by_token(tables["calibrated_sensor"])
-        self.pose = _by_token(tables["ego_pose"])
+        self.calib = by_token(tables["calibrated_sensor"])
+        self.pose = by_token(tables["ego_pose"])
         channel = {r["token"]: r["channel"] for r in tables["sensor"]}
         self.lidar_of = {r["sample_token"]: r for r in tables["sample_data"] if r.get("is_key_frame") and
                          channel.get(self.calib.get(r["calibrated_sensor_token"], {}).get("sensor_token")) == LIDAR}
@@ -284,14 +170,14 @@ class LabelStore:
                                      f"{ {k: old.get(k) for k in source} }, not {source}")
             return name
         T = read_tables(base_root, base_version)
-        wanted = _split_scene_names(base_root, base_version, split)
+        wanted = split_scene_names(base_root, base_version, split)
         scenes = [s for s in T["scene"] if s["name"] in set(wanted)]
         if not scenes:
             raise LabellingError(f"split {split!r} of {base_root}/{base_version}: none of its {len(wanted)} scenes "
                                  f"is in scene.json")
         where = os.path.join(base_root, base_version)
         try:
-            R = _restrict(T, {s["token"] for s in scenes})
+            R = restrict_to_scenes(T, {s["token"] for s in scenes})
         except KeyError as e:
             raise LabellingError(f"inconsistent tables in {where}: token or field {e} not found") from e
         prov = Provenance("human", 0, self.strategy, reviewer="base").to_dict()
@@ -315,7 +201,7 @@ class LabelStore:
             raise LabellingError(f"round_index must be >= 1 (round 0 is init_from_base), got {round_index}")
         round_index = int(round_index)
         name = self.version_name(round_index)
-        inputs = _digest({"clips": [list(map(str, c)) for c in clips],
+        inputs = digest({"clips": [list(map(str, c)) for c in clips],
                           "labels": {k: _frame_dict(v) for k, v in sorted(labels.items())}})
         if self._complete(name):
             stats = self.stats(name)
@@ -413,7 +299,7 @@ class LabelStore:
             raise LabellingError(f"{where}: scene {fscene['name']} has no {'log' if not logs else 'map'} row for "
                                  f"log {fscene['log_token']}")
         stats["files"] += self._link_files(fleet_root, sds, maps, where, require_all=False)
-        sensor_map = _merge_static(T, F)
+        sensor_map = merge_static(T, F)
         have = {t: {r["token"] for r in T[t]} for t in ("sample", "sample_data", "ego_pose", "calibrated_sensor",
                                                        "log")}
         for table, rows in (("sample", samples), ("sample_data", sds), ("ego_pose", poses),
@@ -429,7 +315,7 @@ class LabelStore:
                     r["sensor_token"] = sensor_map.get(r["sensor_token"], r["sensor_token"])
                 T[table].append(r)
         T["scene"].append(dict(fscene))
-        map_rows = _by_token(T["map"])
+        map_rows = by_token(T["map"])
         for m in maps:
             if m["token"] in map_rows:
                 tokens = map_rows[m["token"]]["log_tokens"]
@@ -443,7 +329,7 @@ class LabelStore:
 
     def _apply_labels(self, T: Tables, index: dict, round_index: int, labels: Mapping[str, FrameLabels],
                       stats: dict) -> None:
-        samples = _by_token(T["sample"])
+        samples = by_token(T["sample"])
         ts = {s["token"]: int(s["timestamp"]) for s in T["sample"]}
         scene_of = {s["token"]: s["scene_token"] for s in T["sample"]}
         rows_of: dict[str, list[dict]] = {}
@@ -487,13 +373,13 @@ class LabelStore:
         T["sample_annotation"].extend(new_rows)
         T["instance"].extend(new_instances)
         touched.update(i["token"] for i in new_instances)
-        _rechain(T, touched, ts)
+        rechain(T, touched, ts)
 
     def _build_rows(self, T: Tables, round_index: int, frames: list[FrameLabels], scene_of: dict,
                     stats: dict) -> tuple[list[dict], list[dict]]:
         cat_tok = {c["name"]: c["token"] for c in T["category"]}
         attr_tok = {a["name"]: a["token"] for a in T["attribute"]}
-        vis_tok = _full_visibility_token(T)
+        vis_tok = full_visibility_token(T)
         lidar = LidarCounter(self.root, T)
         instances: dict[str, dict] = {}
         rows = []
@@ -505,12 +391,12 @@ class LabelStore:
                 where = f"labels[{fl.sample_token!r}].boxes[{j}]"
                 cat = DETECTION_TO_CATEGORY[b.detection_name]
                 if cat not in cat_tok:
-                    cat_tok[cat] = _add_static(T, "category", cat)
+                    cat_tok[cat] = add_static(T, "category", cat)
                 if b.attribute_name and b.attribute_name not in attr_tok:
                     if b.attribute_name not in ATTRIBUTES:
                         raise LabellingError(f"{where}: attribute_name {b.attribute_name!r} is not a nuScenes "
                                              f"attribute ({', '.join(ATTRIBUTES)})")
-                    attr_tok[b.attribute_name] = _add_static(T, "attribute", b.attribute_name)
+                    attr_tok[b.attribute_name] = add_static(T, "attribute", b.attribute_name)
                 track_key = (b.track_id, b.detection_name)
                 if b.track_id and track_key not in seen_tracks:
                     seen_tracks.add(track_key)
@@ -541,105 +427,3 @@ class LabelStore:
 def _frame_dict(fl: FrameLabels) -> dict:
     return {"sample_token": fl.sample_token, "boxes": [b.to_dict() for b in fl.boxes],
             "provenance": fl.provenance.to_dict()}
-
-
-def _split_scene_names(root: str, version: str, split: str) -> list[str]:
-    path = os.path.join(root, version, "splits.json")
-    if os.path.isfile(path):
-        custom = read_json(path, "splits file")
-        if not isinstance(custom, dict):
-            raise LabellingError(f"splits file {path} must map split names to lists of scene names")
-        if split in custom:
-            return list(custom[split])
-    builtin = devkit_splits.create_splits_scenes()
-    if split not in builtin:
-        raise LabellingError(f"unknown split {split!r} for {root}/{version} (not in {path} nor a devkit split)")
-    return list(builtin[split])
-
-
-def _restrict(T: Tables, scene_tokens: set[str]) -> Tables:
-    """The tables of ``scene_tokens`` only (static tables whole)."""
-    R: Tables = {t: [] for t in TABLES}
-    for t in ("category", "attribute", "visibility"):
-        R[t] = [dict(r) for r in T[t]]
-    R["scene"] = [dict(s) for s in T["scene"] if s["token"] in scene_tokens]
-    samples = {s["token"] for s in T["sample"] if s["scene_token"] in scene_tokens}
-    R["sample"] = [dict(s) for s in T["sample"] if s["token"] in samples]
-    R["sample_data"] = [dict(r) for r in T["sample_data"] if r["sample_token"] in samples]
-    calib = {r["calibrated_sensor_token"] for r in R["sample_data"]}
-    poses = {r["ego_pose_token"] for r in R["sample_data"]}
-    R["calibrated_sensor"] = [dict(r) for r in T["calibrated_sensor"] if r["token"] in calib]
-    R["ego_pose"] = [dict(r) for r in T["ego_pose"] if r["token"] in poses]
-    sensors = {r["sensor_token"] for r in R["calibrated_sensor"]}
-    R["sensor"] = [dict(r) for r in T["sensor"] if r["token"] in sensors]
-    logs = {s["log_token"] for s in R["scene"]}
-    R["log"] = [dict(r) for r in T["log"] if r["token"] in logs]
-    R["map"] = [{**m, "log_tokens": [t for t in m["log_tokens"] if t in logs]} for m in T["map"]
-                if any(t in logs for t in m["log_tokens"])]
-    R["sample_annotation"] = [dict(a) for a in T["sample_annotation"] if a["sample_token"] in samples]
-    insts = {a["instance_token"] for a in R["sample_annotation"]}
-    R["instance"] = [dict(i) for i in T["instance"] if i["token"] in insts]
-    return R
-
-
-def _merge_static(T: Tables, F: Tables) -> dict[str, str]:
-    """Merge the fleet's static tables into ``T`` by name; returns fleet sensor token -> store sensor token."""
-    sensor_map = {}
-    for table, key in _STATIC_KEY.items():
-        mine = {r[key]: r["token"] for r in T[table]}
-        tokens = {r["token"] for r in T[table]}
-        for r in F[table]:
-            if r[key] in mine:
-                tok = mine[r[key]]
-            else:
-                tok = r["token"] if r["token"] not in tokens else stable_token(table, r[key])
-                row = {**r, "token": tok}
-                if table == "category" and "index" in r:
-                    row["index"] = max([int(c.get("index", -1)) for c in T[table]] + [-1]) + 1
-                T[table].append(row)
-                mine[r[key]], tokens = tok, tokens | {tok}
-            if table == "sensor":
-                sensor_map[r["token"]] = tok
-    return sensor_map
-
-
-def _add_static(T: Tables, table: str, name: str) -> str:
-    tok = stable_token(table, name)
-    row = {"token": tok, "name": name, "description": ""}
-    if table == "category":
-        row["index"] = max([int(c.get("index", -1)) for c in T[table]] + [-1]) + 1
-    T[table].append(row)
-    return tok
-
-
-def _full_visibility_token(T: Tables) -> str:
-    for v in T["visibility"]:
-        if v.get("level") == _FULL_VISIBILITY[1]:
-            return v["token"]
-    tok, level, desc = _FULL_VISIBILITY
-    if any(v["token"] == tok for v in T["visibility"]):
-        tok = stable_token("visibility", level)
-    T["visibility"].append({"token": tok, "level": level, "description": desc})
-    return tok
-
-
-def _rechain(T: Tables, instance_tokens: set[str], ts: Mapping[str, int]) -> None:
-    """Rebuild prev / next / first / last / nbr of ``instance_tokens`` in time order; drop instances left empty."""
-    if not instance_tokens:
-        return
-    rows: dict[str, list[dict]] = {t: [] for t in instance_tokens}
-    for a in T["sample_annotation"]:
-        if a["instance_token"] in rows:
-            rows[a["instance_token"]].append(a)
-    for inst in T["instance"]:
-        tok = inst["token"]
-        if tok not in rows:
-            continue
-        chain = sorted(rows[tok], key=lambda a: (ts[a["sample_token"]], a["token"]))
-        for k, a in enumerate(chain):
-            a["prev"] = chain[k - 1]["token"] if k else ""
-            a["next"] = chain[k + 1]["token"] if k + 1 < len(chain) else ""
-        inst["nbr_annotations"] = len(chain)
-        inst["first_annotation_token"] = chain[0]["token"] if chain else ""
-        inst["last_annotation_token"] = chain[-1]["token"] if chain else ""
-    T["instance"] = [i for i in T["instance"] if i["token"] not in rows or rows[i["token"]]]
