@@ -26,7 +26,7 @@ def tiny_cfg(tmp_path, root, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_run(synth_world, tmp_path_factory):
-    cfg = tiny_cfg(tmp_path_factory.mktemp("run"), synth_world)
+    cfg = tiny_cfg(tmp_path_factory.mktemp("run"), synth_world, "loss.perspective.weight=1.0")
     run = builders.build_run(cfg)
     run.datamodule.setup("fit")
     return cfg, run
@@ -106,11 +106,12 @@ def test_every_parameter_gets_a_gradient_and_the_loss_falls(tiny_run):
     batch = next(b for b in first_batches(run, 8) if bool(b.history[0].valid.any()))
     loss = system.training_step(batch, 0)
     loss.backward()
-    missing = [n for n, p in system.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert system.perspective_head is not None  # the training-only auxiliary head is trained too
+    missing = [n for n, p in system.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
-    bad = [n for n, p in system.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad = [n for n, p in system.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not bad, bad
-    opt = torch.optim.AdamW(system.model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(system.parameters(), lr=2e-3)
     history = []
     for _ in range(12):
         opt.zero_grad()

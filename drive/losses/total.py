@@ -14,6 +14,7 @@ from torch import Tensor
 from drive.losses.detection import DetectionLossConfig, detection_loss
 from drive.losses.map import MapLossConfig, map_loss
 from drive.losses.motion import MotionLossConfig, match_decoded_agents, motion_loss
+from drive.losses.perspective import PerspectiveLossConfig
 from drive.losses.planning import PlanningLossConfig, planning_loss
 from drive.models.model import DrivingModel, ModelOutputs
 from drive.types import Targets
@@ -31,12 +32,16 @@ class LossConfig:
     map: MapLossConfig = field(default_factory=MapLossConfig)
     motion: MotionLossConfig = field(default_factory=MotionLossConfig)
     planning: PlanningLossConfig = field(default_factory=PlanningLossConfig)
+    # training-only image-view auxiliary (its head lives in the DrivingSystem; weight 0 = off)
+    perspective: PerspectiveLossConfig = field(default_factory=PerspectiveLossConfig)
 
 
 def check_loss_config(cfg: LossConfig, model: DrivingModel) -> None:
     """Raise if the loss geometry disagrees with the model's BEV / map grids."""
     if abs(cfg.bev_range - model.view_transform.bev_range) > 1e-6:
         raise ValueError(f"loss bev_range {cfg.bev_range} != model {model.view_transform.bev_range}")
+    if cfg.perspective.weight < 0:
+        raise ValueError(f"loss perspective.weight must be >= 0, got {cfg.perspective.weight}")
     if abs(cfg.map_range - model.map_head.map_range) > 1e-6:
         raise ValueError(f"loss map_range {cfg.map_range} != model map head {model.map_head.map_range}")
 

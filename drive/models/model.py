@@ -4,7 +4,8 @@
 only: tensors in, a typed ``ModelOutputs`` out, no ground truth, no branching on data. The
 optional ``query_boxes`` / ``query_labels`` / ``query_mask`` let a training system ask the
 motion head for extra agents (e.g. the ground-truth boxes, teacher forcing); they are not
-used by export and do not change any other output.
+used by export and do not change any other output. Likewise ``return_image_feats=True`` adds the
+camera feature map (for a training-only auxiliary head, ``drive/models/heads/perspective.py``).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class ModelOutputs(TensorContainer):
     plan_change: Tensor  # (B,) max waypoint displacement by the feasibility layer, metres
     query_trajs: Optional[Tensor] = None  # (B, Q, M, T, 2) for query_boxes, if given
     query_mode_logits: Optional[Tensor] = None  # (B, Q, M)
+    image_feats: Optional[Tensor] = None  # (B, N, C, h, w) finest camera features, if asked (training only)
 
     def to_tuple(self) -> tuple[Tensor, ...]:
         """The non-None outputs in field order (what the ONNX graph returns)."""
@@ -56,9 +58,10 @@ class ModelOutputs(TensorContainer):
 
     @classmethod
     def export_names(cls) -> tuple[str, ...]:
-        return tuple(n for n in cls.names() if not n.startswith("query_"))
+        return tuple(n for n in cls.names() if n not in TRAINING_ONLY)
 
 
+TRAINING_ONLY = ("query_trajs", "query_mode_logits", "image_feats")  # never graph outputs
 INPUT_NAMES = ("images", "ego2img", "ego_status", "command", "prev_bev", "prev_T_cur", "has_prev")
 
 
@@ -85,7 +88,8 @@ class DrivingModel(nn.Module):
 
     def forward(self, images: Tensor, ego2img: Tensor, ego_status: Tensor, command: Tensor, prev_bev: Tensor,
                 prev_T_cur: Tensor, has_prev: Tensor, query_boxes: Optional[Tensor] = None,
-                query_labels: Optional[Tensor] = None, query_mask: Optional[Tensor] = None) -> ModelOutputs:
+                query_labels: Optional[Tensor] = None, query_mask: Optional[Tensor] = None,
+                return_image_feats: bool = False) -> ModelOutputs:
         """
         Args:
             images: (B, N, 3, H, W) normalised; ego2img: (B, N, 4, 4); ego_status: (B, 3);
@@ -93,6 +97,7 @@ class DrivingModel(nn.Module):
             prev_T_cur: (B, 4, 4); has_prev: (B,) float 0/1.
             query_boxes / query_labels / query_mask: optional (B, Q, 9) / (B, Q) / (B, Q) extra agents
             for the motion head (training); padded rows have mask 0.
+            return_image_feats: also return the finest camera feature map (``image_feats``).
         """
         feats = self.encode_images(images)
         bev = self.view_transform(feats, ego2img, tuple(images.shape[-2:]), prev_bev, prev_T_cur, has_prev)
@@ -107,6 +112,8 @@ class DrivingModel(nn.Module):
             mask = query_mask.to(bev.dtype) if query_mask is not None else query_boxes.new_ones(query_boxes.shape[:2])
             queried = self.motion_head(bev, query_boxes, query_labels, mask)
             out.query_trajs, out.query_mode_logits = queried.trajs, queried.mode_logits
+        if return_image_feats:
+            out.image_feats = feats[0]
         return out
 
 

@@ -7,7 +7,9 @@ the batch are encoded to BEV without gradient and in eval mode (oldest first, ea
 the one before), then the current frame runs with gradient, ``prev_bev`` = the last history BEV and
 ``has_prev`` = whether that frame exists. The motion head is also asked for the GT boxes
 (``query_boxes``), so every GT agent gets a motion loss. Losses are weighted by ``LossConfig`` and
-each head's term is logged under ``train/``.
+each head's term is logged under ``train/``. With ``loss.perspective.weight > 0`` the system also
+holds a ``PerspectiveHead`` on the camera features (training only, never exported; BEVFormer v2's
+perspective supervision) and adds its loss.
 
 Validation: one frame per step in temporal order. The BEV of a frame is kept and handed to the next
 frame when that frame's ``prev_token`` is the frame just processed; otherwise (scene start, or a
@@ -23,7 +25,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from drive.losses import LossConfig, check_loss_config, total_loss
+from drive.losses import LossConfig, check_loss_config, perspective_loss, total_loss
+from drive.models.heads.perspective import PerspectiveHead
 from drive.models.model import DrivingModel, ModelOutputs
 from drive.types import Batch, Features
 
@@ -65,6 +68,9 @@ class DrivingSystem(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.metrics = metrics
         self.ema = EMA(model, ema_decay) if ema_decay else None
+        self.perspective_head: Optional[PerspectiveHead] = None
+        if loss.perspective.weight > 0:
+            self.perspective_head = PerspectiveHead(model.neck.lateral[0].out_channels, loss.perspective.hidden)
         self.teacher_forcing = bool(teacher_forcing)
         if hparams:
             self.save_hyperparameters(hparams, logger=False)
@@ -114,8 +120,15 @@ class DrivingSystem(L.LightningModule):
         t = cur.targets
         prev_bev, has_prev = self.history_bev(batch)
         queries = dict(query_boxes=t.boxes, query_labels=t.labels, query_mask=t.mask) if self.teacher_forcing else {}
-        out = self(cur.features, prev_bev, has_prev, **queries)
+        aux = self.perspective_head is not None
+        out = self(cur.features, prev_bev, has_prev, return_image_feats=aux, **queries)
         losses = total_loss(out, t, self.loss_config)
+        if aux:
+            f = cur.features
+            heat, depth = self.perspective_head(out.image_feats)
+            persp = perspective_loss(heat, depth, t, f.ego2img, tuple(f.images.shape[-2:]), self.loss_config.perspective)
+            losses.update(persp)
+            losses["loss"] = losses["loss"] + self.loss_config.perspective.weight * persp["perspective"]
         n = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=n)
@@ -130,7 +143,8 @@ class DrivingSystem(L.LightningModule):
 
     def configure_optimizers(self):
         wd = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        optimizer = self.optimizer_factory(parameter_groups(self.model, wd))
+        trained = torch.nn.ModuleList([self.model] + ([self.perspective_head] if self.perspective_head is not None else []))
+        optimizer = self.optimizer_factory(parameter_groups(trained, wd))
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
