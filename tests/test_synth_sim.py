@@ -20,7 +20,7 @@ def _poly(b):
                     for dx, dy in ((l / 2, w / 2), (l / 2, -w / 2), (-l / 2, -w / 2), (-l / 2, w / 2))])
 
 
-@pytest.mark.parametrize("index", [0, 2, 3, 9])
+@pytest.mark.parametrize("index", [0, 3, pytest.param(2, marks=pytest.mark.slow), pytest.param(9, marks=pytest.mark.slow)])
 def test_annotated_boxes_never_overlap(index):
     plan = plan_world(10, 0, 160, 90, keyframes=40)[index]
     _, _, sim, _, _, snaps = _simulate(plan, 0)
