@@ -4,18 +4,17 @@ annotation ``prev`` / ``next``). Every failure is a ``LabellingError`` naming th
 from __future__ import annotations
 
 import filecmp
-import glob
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from typing import Iterable, Mapping, Sequence
 
 from nuscenes.utils import splits as devkit_splits
 
 from drive.data.errors import DataError
 from drive.data.nusc import TABLES, resolve_data_path
+from drive.staging import staged_dir
 
 from .errors import LabellingError
 from .records import stable_token
@@ -101,23 +100,13 @@ def write_version_dir(final: str, tables: Tables, extra: Sequence[tuple[str, obj
     """Write a table version into a temporary sibling and rename it to ``final`` (replacing a leftover).
 
     ``extra`` files are written in order after the tables; put the completion marker last."""
-    parent, name = os.path.split(final)
-    for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
+    with staged_dir(final, f".{os.path.basename(final)}.tmp-") as tmp:
         for t in TABLES:
             with open(os.path.join(tmp, f"{t}.json"), "w") as f:
                 json.dump(tables[t], f, indent=0)
         for fname, obj in extra:
             with open(os.path.join(tmp, fname), "w") as f:
                 json.dump(obj, f, indent=0)
-        if os.path.lexists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def by_token(rows: Iterable[dict]) -> dict[str, dict]:

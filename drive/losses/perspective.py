@@ -21,7 +21,7 @@ from drive.types import Targets
 
 @dataclass
 class PerspectiveLossConfig:
-    weight: float = 0.0  # 0 = off (no head is built); the edge experiment turns it on
+    weight: float = 0.0  # 0 = off (no head is built); configs/loss/default.yaml keeps it off (BENCHMARKS.md)
     heatmap_weight: float = 1.0
     depth_weight: float = 0.5
     min_overlap: float = 0.1

@@ -10,13 +10,13 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 
 import numpy as np
 from pyquaternion import Quaternion
+
+from drive.staging import staged_dir
 
 from .catalog import ATTRIBUTE_DESCRIPTIONS, CATEGORY_TREE, VISIBILITY_LEVELS
 from .layout import LAYOUTS
@@ -185,11 +185,8 @@ def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, 
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     if scenes < 1:
         raise ValueError("--scenes must be at least 1")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
     t0 = time.time()
-    try:
+    with staged_dir(out, os.path.basename(out) + ".tmp-", clean_stale=False) as tmp:
         plans = plan_world(scenes, seed, width, height, knobs, keyframes, scene_prefix, all_split)
         jobs = [(p, tmp, scene_prefix is not None) for p in plans]
         if workers > 1 and len(plans) > 1:
@@ -220,12 +217,6 @@ def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, 
                                         for r in results for a in r.annotations}}
         with open(os.path.join(vdir, "drive_world.json"), "w") as f:
             json.dump(world, f, indent=1)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for r in results:
         if r.missing_classes and r.plan.split == "val":
             log.warning("val scene %s lacks classes %s after %d attempts", r.plan.name, r.missing_classes, r.attempt + 1)
