@@ -134,3 +134,35 @@ def test_validation_keeps_only_resize(realformat_root):
     plain = _ds(realformat_root.root)[0][0]
     torch.testing.assert_close(f.ego2img, plain.ego2img)
     assert replace(AugmentConfig(), enabled=False).enabled is False
+
+
+def test_top_crop_matrix_and_pixels_agree():
+    # a block in a 160x90 image, network input 30x80 with the top third cut: resized to 45x80, rows 15.. kept
+    from drive.data.augment import crop_top_rows, resize_crop_matrix
+    from drive.data.image_cache import ImageCache
+
+    assert crop_top_rows((30, 80), 1 / 3) == 15
+    big = np.zeros((90, 160, 3), np.uint8)
+    big[60:64, 100:104] = 255
+    M = resize_crop_matrix((160, 90), (30, 80), 1 / 3)
+    np.testing.assert_allclose(M, np.array([[1, 0, 0], [0, 1, -15], [0, 0, 1]]) @ resize_matrix((160, 90), (45, 80)))
+    small = cv2.resize(big, (80, 45), interpolation=cv2.INTER_AREA)[15:]
+    ys, xs = np.nonzero(small[..., 0] > 100)
+    np.testing.assert_allclose((M @ [101.5, 61.5, 1])[:2], [xs.mean(), ys.mean()])
+    with pytest.raises(ValueError, match="image_crop_top"):
+        ImageCache((30, 80), None, crop_top=1.0)
+
+
+def test_top_crop_dataset_keeps_cameras_consistent(realformat_root, tmp_path):
+    plain = NuScenesDrivingDataset(realformat_root.root, VERSION, None, image_size=HW, cache_dir=str(tmp_path))
+    crop = NuScenesDrivingDataset(realformat_root.root, VERSION, None, image_size=(30, 80), image_crop_top=1 / 3,
+                                  cache_dir=str(tmp_path))  # same cache dir: entries must not be mixed up
+    f0, f1 = plain[0][0], crop[0][0]
+    assert f1.images.shape[-2:] == (30, 80)
+    # the cropped image is the bottom 30 rows of the 45 x 80 resize, and ego2img moves by the same 15 rows
+    torch.testing.assert_close(f1.images, f0.images[..., 15:, :])
+    p = torch.tensor([12.0, 3.0, 1.0, 1.0])
+    a, b = f0.ego2img @ p, f1.ego2img @ p
+    torch.testing.assert_close(b[:, 0] / b[:, 2], a[:, 0] / a[:, 2])
+    torch.testing.assert_close(b[:, 1] / b[:, 2], a[:, 1] / a[:, 2] - 15.0)
+    assert crop[0][0].images.shape[-2:] == (30, 80)  # served from its own cache entry

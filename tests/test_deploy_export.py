@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -38,6 +39,7 @@ from drive.deploy.export import (FORBIDDEN_OPS, OUTPUT_NAMES, DeployError, atomi
 from drive.deploy.profile import graph_costs, stage_flops
 from drive.deploy.quantize import CalibrationError, compare_to_reference, quantize_int8, temporal_inputs, to_fp16
 from drive.deploy.report import ProfileSubject, run_profile
+from drive.evaluation.backends import OnnxBackend
 from drive.models import INPUT_NAMES
 from drive.models.example_inputs import example_inputs
 from drive.types import CAMERAS, CLASSES, IMAGE_MEAN, IMAGE_STD
@@ -60,6 +62,7 @@ def scene_frames(model, cfg, n: int, seed: int = 100) -> list[dict]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model, cfg = tiny_model(seed=1)
+    cfg = replace(cfg, image_crop_top=0.25)  # preprocessing only: recorded in the graph and the card
     model.eval()
     root = tmp_path_factory.mktemp("deploy")
     ckpt = root / "tiny.ckpt"
@@ -134,6 +137,14 @@ def test_fp16_runs_in_ort_within_tolerance(exported, tmp_path) -> None:
     acc = compare_to_reference(exported.fp32, path, exported.held_out)
     assert max(acc["rel_l2"].values()) <= 1e-2, acc["rel_l2"]
     assert acc["detections"]["match_rate"] == 1.0 and acc["plan_refined_max_abs_m"] <= 0.01
+    assert OnnxBackend(path).image_crop_top == 0.25
+
+
+def test_every_precision_records_the_image_crop(exported) -> None:
+    for path in (exported.fp32, exported.int8):
+        assert OnnxBackend(path).image_crop_top == 0.25, path
+    for path in exported.summary["cards"].values():
+        assert json.load(open(path))["image_normalisation"]["image_crop_top"] == 0.25
 
 
 def test_calibration_set_smaller_than_asked_is_an_error(exported, tmp_path) -> None:

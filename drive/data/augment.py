@@ -48,6 +48,22 @@ def resize_matrix(src_wh: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarra
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
+def crop_top_rows(dst_hw: tuple[int, int], crop_top: float) -> int:
+    """Rows cut from the top: the network input ``(H, W)`` is the bottom ``H`` rows of the image resized
+    to ``(round(H / (1 - crop_top)), W)`` (BEVDet-style: the sky and building tops carry no objects)."""
+    if not 0.0 <= crop_top < 1.0:
+        raise ValueError(f"image_crop_top must be in [0, 1), got {crop_top}")
+    return int(round(dst_hw[0] / (1.0 - crop_top))) - int(dst_hw[0])
+
+
+def resize_crop_matrix(src_wh: tuple[int, int], dst_hw: tuple[int, int], crop_top: float = 0.0) -> np.ndarray:
+    """3x3 pixel map of resizing ``src_wh`` to ``(H + top, W)`` and dropping the ``top`` first rows."""
+    top = crop_top_rows(dst_hw, crop_top)
+    M = resize_matrix(src_wh, (dst_hw[0] + top, dst_hw[1]))
+    M[1, 2] -= top
+    return M
+
+
 def sample_image_aug(rng: np.random.Generator, cfg: AugmentConfig, hw: tuple[int, int]) -> np.ndarray:
     """A random 3x3 scale -> crop -> flip on an ``(H, W)`` image that keeps the size ``(H, W)``."""
     H, W = hw

@@ -28,6 +28,7 @@ class DataConfig:
     train_split: Optional[str] = "mini_train"
     val_split: Optional[str] = "mini_val"
     image_size: tuple[int, int] = (256, 704)  # (H, W) network input
+    image_crop_top: float = 0.0  # fraction of the resized image cut from the top (the model's preprocessing)
     bev_range: float = 51.2
     map_size: int = 200
     max_objects: int = 200
@@ -96,7 +97,8 @@ class DrivingDataModule(L.LightningDataModule):
     def _dataset(self, split: Optional[str], train: bool, nusc, table) -> NuScenesDrivingDataset:
         c = self.config
         return NuScenesDrivingDataset(
-            root=c.root, version=c.version, split=split, image_size=c.image_size, bev_range=c.bev_range,
+            root=c.root, version=c.version, split=split, image_size=c.image_size, image_crop_top=c.image_crop_top,
+            bev_range=c.bev_range,
             map_size=c.map_size, max_objects=c.max_objects, box_margin=c.box_margin,
             augment=c.augment if train else replace(c.augment, enabled=False), with_targets=c.with_targets,
             skip_bad_samples=c.skip_bad_samples, cache_dir=c.cache_dir, cache_images=c.cache_images,

@@ -71,6 +71,7 @@ class NuScenesDrivingDataset(Dataset):
     Options:
       root, version, split: the data (``split=None``: every scene; names via ``scenes_of_split``).
       image_size: network input ``(H, W)``; every image is resized to it (``img_aug`` folds it in).
+      image_crop_top: fraction of the resized image's rows cut from the top (0: none; see ``ImageCache``).
       bev_range, map_size: BEV square ``[-range, range]`` m and the drivable raster's cells per side.
       max_objects, box_margin: padding size; boxes with ``|x|`` or ``|y| > bev_range + box_margin`` dropped.
       augment: ``AugmentConfig`` (or a mapping of its fields); ``enabled`` for training.
@@ -89,6 +90,7 @@ class NuScenesDrivingDataset(Dataset):
         version: str = "v1.0-mini",
         split: Optional[str] = "mini_train",
         image_size: Sequence[int] = (256, 704),
+        image_crop_top: float = 0.0,
         bev_range: float = 51.2,
         map_size: int = 200,
         max_objects: int = DEFAULT_MAX_OBJECTS,
@@ -122,7 +124,7 @@ class NuScenesDrivingDataset(Dataset):
         self._offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
         self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
 
-        self.images = ImageCache(self.image_size, self.cache_dir if cache_images else None)
+        self.images = ImageCache(self.image_size, self.cache_dir if cache_images else None, image_crop_top)
         self.maps = DrivableMap(map_resolution, self.cache_dir)
         if self.with_targets:
             for map_file in sorted({r.map_file for r in records}):

@@ -1,6 +1,6 @@
 """Decoding keyframe JPEGs once: decoded + resized uint8 RGB images cached on disk as ``.npy``.
 
-Layout: ``<cache_dir>/<H>x<W>/<sample_data_token>.npy`` (default ``cache_dir = <root>/.drive_cache``),
+Layout: ``<cache_dir>/<H>x<W>[_top<crop>]/<sample_data_token>.npy`` (default ``cache_dir = <root>/.drive_cache``),
 written to a unique temp file then ``os.replace``-d, so concurrent DataLoader workers never see a
 partial file. An entry is used only when its shape is ``(H, W, 3)`` and it is newer than its
 source image; otherwise the source is decoded again. An unwritable cache dir disables writing
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .augment import resize_matrix
+from .augment import crop_top_rows, resize_crop_matrix
 from .errors import DataError
 from .records import CameraRecord
 
@@ -37,10 +37,15 @@ def decode_image(path: str) -> np.ndarray:
 
 
 class ImageCache:
-    """Loads a camera's keyframe image resized to ``(H, W)``, via an optional on-disk cache."""
+    """Loads a camera's keyframe image resized to ``(H, W)``, via an optional on-disk cache.
 
-    def __init__(self, image_size: tuple[int, int], cache_dir: Optional[str] = None):
+    ``crop_top`` > 0: resized to ``(H + top, W)`` and the ``top`` first rows dropped (``augment.crop_top_rows``).
+    """
+
+    def __init__(self, image_size: tuple[int, int], cache_dir: Optional[str] = None, crop_top: float = 0.0):
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.crop_top = float(crop_top)
+        self.top = crop_top_rows(self.image_size, self.crop_top)
         self.cache_dir = cache_dir
         self._write_ok = cache_dir is not None
 
@@ -48,7 +53,8 @@ class ImageCache:
     def folder(self) -> Optional[str]:
         if self.cache_dir is None:
             return None
-        return os.path.join(self.cache_dir, f"{self.image_size[0]}x{self.image_size[1]}")
+        crop = f"_top{self.crop_top:.4f}" if self.top else ""
+        return os.path.join(self.cache_dir, f"{self.image_size[0]}x{self.image_size[1]}{crop}")
 
     def entry_path(self, sample_data_token: str) -> Optional[str]:
         return None if self.folder is None else os.path.join(self.folder, f"{sample_data_token}.npy")
@@ -61,19 +67,20 @@ class ImageCache:
         if entry is not None and cam.width > 0 and cam.height > 0:
             img = self._read_entry(entry, cam.path)
             if img is not None:
-                return img, resize_matrix(src_wh, (H, W))
+                return img, resize_crop_matrix(src_wh, (H, W), self.crop_top)
         full = decode_image(cam.path)
         h, w = full.shape[:2]
         if cam.width > 0 and cam.height > 0 and (w, h) != src_wh:
             raise DataError(f"image file {cam.path} is {w}x{h} but sample_data {cam.sample_data_token} says "
                             f"{cam.width}x{cam.height}", cam.path)
         src_wh = (w, h)
-        interp = cv2.INTER_AREA if (W <= w and H <= h) else cv2.INTER_LINEAR
-        img = full if (w, h) == (W, H) else cv2.resize(full, (W, H), interpolation=interp)
-        img = np.ascontiguousarray(img, dtype=np.uint8)
+        Hr = H + self.top
+        interp = cv2.INTER_AREA if (W <= w and Hr <= h) else cv2.INTER_LINEAR
+        img = full if (w, h) == (W, Hr) else cv2.resize(full, (W, Hr), interpolation=interp)
+        img = np.ascontiguousarray(img[self.top:], dtype=np.uint8)
         if entry is not None:
             self._write_entry(entry, img)
-        return img, resize_matrix(src_wh, (H, W))
+        return img, resize_crop_matrix(src_wh, (H, W), self.crop_top)
 
     def _read_entry(self, entry: str, source: str) -> Optional[np.ndarray]:
         try:

@@ -25,7 +25,8 @@ def frame_source(load_model: Callable, ckpt_path: str, root: Optional[str] = Non
     def factory() -> Iterator[dict]:
         model, config, meta = load_model(ckpt_path)
         r, v, s = data_settings(meta, root, version, split)
-        ds = NuScenesDrivingDataset(r, v, s, image_size=tuple(config.image_hw), with_targets=False)
+        ds = NuScenesDrivingDataset(r, v, s, image_size=tuple(config.image_hw), image_crop_top=config.image_crop_top,
+                                    with_targets=False)
 
         def frames():
             for i in range(len(ds)):

@@ -73,8 +73,9 @@ def build_model_card(onnx_path: str, config: ModelConfig, precision: str, parity
         "outputs": spec["outputs"],
         "image_normalisation": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD), "channel_order": "RGB",
                                 "formula": "(pixel / 255 - mean) / std per channel",
-                                "image_hw": list(config.image_hw),
-                                "note": "images resized / cropped to image_hw; ego2img must describe that image"},
+                                "image_hw": list(config.image_hw), "image_crop_top": config.image_crop_top,
+                                "note": "each image is resized to (round(H / (1 - image_crop_top)), W) and its top "
+                                        "rows cut to (H, W) = image_hw; ego2img must describe that image"},
         "cameras": list(CAMERAS[:config.num_cameras]),
         "bev_grid": {"size": s, "range_m": r, "resolution_m": res, "channels": config.embed_dim,
                      "convention": "ego frame of the current keyframe, x forward, y left; row = y, col = x; "

@@ -261,6 +261,26 @@ def save_onnx_atomic(model: onnx.ModelProto, path: str) -> None:
         onnx.save(model, tmp)
 
 
+# The image preprocessing a graph expects, as model metadata (onnxruntime: ``get_modelmeta().custom_metadata_map``).
+CROP_KEY = "drive.image_crop_top"
+
+
+def set_preprocess_metadata(model: onnx.ModelProto, image_crop_top: float) -> None:
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        CROP_KEY: repr(float(image_crop_top))})
+
+
+def copy_preprocess_metadata(src_path: str, dst_path: str) -> None:
+    """Carry the preprocessing metadata of an fp32 graph to a variant written by another tool."""
+    src = onnx.load(src_path, load_external_data=False)
+    value = next((p.value for p in src.metadata_props if p.key == CROP_KEY), None)
+    if value is None:
+        return
+    dst = onnx.load(dst_path)
+    set_preprocess_metadata(dst, float(value))
+    save_onnx_atomic(dst, dst_path)
+
+
 # ----------------------------------------------------------------------------------------------------
 # export and parity
 # ----------------------------------------------------------------------------------------------------
@@ -297,6 +317,9 @@ def export_onnx(model: DrivingModel, config: ModelConfig, out_path: str, example
         ops = check_graph(proto)
         with atomic_path(out_path) as tmp:
             program.save(tmp)
+            saved = onnx.load(tmp)
+            set_preprocess_metadata(saved, config.image_crop_top)
+            onnx.save(saved, tmp)
     finally:
         model.train(was_training)
     info = {"path": out_path, "opset": opset, "sha256": sha256_file(out_path), "bytes": os.path.getsize(out_path),

@@ -39,8 +39,9 @@ import numpy as np
 import onnx
 import torch
 
-from drive.deploy.export import (DeployError, Inputs, as_feeds, atomic_path, check_writable_dir, diff_stats,
-                                 node_meta, node_stages, ort_session, run_onnx, save_onnx_atomic, split_batch)
+from drive.deploy.export import (DeployError, Inputs, as_feeds, atomic_path, check_writable_dir, copy_preprocess_metadata,
+                                 diff_stats, node_meta, node_stages, ort_session, run_onnx, save_onnx_atomic,
+                                 split_batch)
 from drive.models import INPUT_NAMES
 from drive.models.model import DrivingModel
 
@@ -276,6 +277,8 @@ def to_fp16(fp32_path: str, out_path: str, keep_sensitive_float: bool = True) ->
     fp16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(kept),
                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST))
     _dedupe_nodes(fp16)
+    fp16.ClearField("metadata_props")
+    fp16.metadata_props.extend(model.metadata_props)
     save_onnx_atomic(fp16, out_path)
     report = keep_float_report(model, kept, node_stages(model), relevant_ops=KEY_OPS)
     report.update(converter="onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types=True)",
@@ -338,6 +341,7 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: Iterable[Inputs], 
                             calibrate_method=getattr(CalibrationMethod, calibrate_method),
                             extra_options={"ActivationSymmetric": symmetric_activations,
                                            "CalibTensorRangeSymmetric": symmetric_activations})
+    copy_preprocess_metadata(fp32_path, out_path)
     quantized = onnx.load(out_path, load_external_data=False)
     dq_consumers = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     q_ops = Counter(n.op_type for n in quantized.graph.node

@@ -88,6 +88,12 @@ class OnnxBackend:
             raise EvalError(f"{self.path}: graph outputs are not ModelOutputs.export_names() (first difference "
                             f"{first})")
         self.input_shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        # the preprocessing recorded at export (drive.deploy.export.CROP_KEY); older graphs: no crop
+        crop = self.session.get_modelmeta().custom_metadata_map.get("drive.image_crop_top", "0.0")
+        try:
+            self.image_crop_top = float(crop)
+        except ValueError as e:
+            raise EvalError(f"{self.path}: metadata drive.image_crop_top={crop!r} is not a number") from e
         self.input_types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         shape = self.input_shapes["prev_bev"]
         if not all(isinstance(d, int) for d in shape[1:]):

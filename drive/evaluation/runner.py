@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -176,7 +176,8 @@ def _evaluate(opts: EvalOptions, work: str) -> dict:
     backend, model_cfg, sources = _backends(opts)
     ego_backend = sources.pop("_ego_backend", None)
     ds = NuScenesDrivingDataset(
-        opts.root, opts.version, opts.split, image_size=model_cfg.image_hw, bev_range=model_cfg.bev_range,
+        opts.root, opts.version, opts.split, image_size=model_cfg.image_hw, image_crop_top=model_cfg.image_crop_top,
+        bev_range=model_cfg.bev_range,
         map_size=model_cfg.map.map_size, max_objects=opts.max_objects, augment={"enabled": False},
         with_targets=True, cache_dir=opts.cache_dir, cache_images=opts.cache_images,
         map_resolution=opts.map_resolution, nusc=nusc)
@@ -284,7 +285,7 @@ class BevStream:
 
 
 def _model_summary(cfg: ModelConfig) -> dict:
-    return {"image_hw": list(cfg.image_hw), "bev_size": cfg.bev_size, "bev_range": cfg.bev_range,
+    return {"image_hw": list(cfg.image_hw), "image_crop_top": cfg.image_crop_top, "bev_size": cfg.bev_size, "bev_range": cfg.bev_range,
             "embed_dim": cfg.embed_dim, "view_transform": cfg.view_transform, "map_size": cfg.map.map_size,
             "use_ego_status": cfg.planning.use_ego_status}
 
@@ -309,6 +310,11 @@ def _backends(opts: EvalOptions):
             raise EvalError("backend=onnx needs onnx_path=FILE")
         backend = OnnxBackend(opts.onnx_path, opts.threads)
         sources["onnx"] = {"path": backend.path, "sha256": sha256_of(backend.path)}
+        if not opts.ckpt_path:  # the graph records its preprocessing; a checkpoint's config must agree with it
+            model_cfg = replace(model_cfg, image_crop_top=backend.image_crop_top)
+        elif abs(backend.image_crop_top - model_cfg.image_crop_top) > 1e-9:
+            raise EvalError(f"{backend.path}: exported with image_crop_top {backend.image_crop_top}, the checkpoint "
+                            f"says {model_cfg.image_crop_top}")
         if tuple(backend.bev_shape) != (model_cfg.embed_dim, model_cfg.bev_size, model_cfg.bev_size):
             raise EvalError(f"{backend.path}: prev_bev shape {backend.bev_shape} does not match the model config "
                             f"(C, S, S) = ({model_cfg.embed_dim}, {model_cfg.bev_size}, {model_cfg.bev_size})")
@@ -317,6 +323,7 @@ def _backends(opts: EvalOptions):
     if opts.ego_ckpt_path:
         ego, ego_cfg, ego_meta = load_model(opts.ego_ckpt_path)
         for what, a, b in (("image_hw", tuple(ego_cfg.image_hw), tuple(model_cfg.image_hw)),
+                           ("image_crop_top", ego_cfg.image_crop_top, model_cfg.image_crop_top),
                            ("bev_range", ego_cfg.bev_range, model_cfg.bev_range),
                            ("map.map_size", ego_cfg.map.map_size, model_cfg.map.map_size)):
             if a != b:

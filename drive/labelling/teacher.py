@@ -208,11 +208,13 @@ class OffboardTeacher:
             except EvalError as e:
                 raise LabellingError(f"teacher checkpoint: {e}") from e
             self.backend, self.image_hw, self.teacher_sha256 = TorchBackend(model, "teacher"), cfg.image_hw, meta.sha256
+            self.image_crop_top = cfg.image_crop_top
         else:
             if not callable(source) or not hasattr(source, "bev_shape"):
                 raise LabellingError("teacher source must be a checkpoint path or a Backend, "
                                      f"got {type(source).__name__}")
             self.backend, self.image_hw = source, tuple(image_hw or ModelConfig().image_hw)
+            self.image_crop_top = float(getattr(source, "image_crop_top", 0.0))
         self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
         self.targets, self.cache_dir = targets, cache_dir
         self._nusc: dict = {}
@@ -242,7 +244,8 @@ class OffboardTeacher:
             raise LabellingError(f"clip {scene_token}: {e}") from e
         if not records:
             raise LabellingError(f"scene {scene_token} of {nusc.dataroot}/{version} has no keyframes")
-        images = ImageCache(self.image_hw, self.cache_dir or os.path.join(nusc.dataroot, ".drive_cache"))
+        images = ImageCache(self.image_hw, self.cache_dir or os.path.join(nusc.dataroot, ".drive_cache"),
+                            self.image_crop_top)
         passes = cfg.passes()
         raw: list[list[Detections]] = [[] for _ in records]
         seconds = {name: 0.0 for name, _, _ in passes}

@@ -308,13 +308,15 @@ class MinerRunner:
                 if not all(isinstance(d, int) for d in shape[-2:]):
                     raise LabellingError(f"{self.backend.path}: input 'images' needs a static (H, W), got {shape}")
                 image_hw = (int(shape[-2]), int(shape[-1]))
+                crop = self.backend.image_crop_top
                 self.model_source = {"onnx": self.backend.path, "sha256": sha256_file(self.backend.path)}
             else:
                 model, model_cfg, meta = load_model(spec.ckpt_path)
                 self.backend = TorchBackend(model, name="edge_torch")
-                image_hw = tuple(model_cfg.image_hw)
+                image_hw, crop = tuple(model_cfg.image_hw), model_cfg.image_crop_top
                 self.model_source = {"checkpoint": meta.path, "sha256": meta.sha256}
             self.dataset = NuScenesDrivingDataset(spec.root, spec.version, split=None, image_size=image_hw,
+                                                  image_crop_top=crop,
                                                   with_targets=False, augment={"enabled": False},
                                                   cache_dir=spec.cache_dir)
         except (EvalError, DataError) as e:

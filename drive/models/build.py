@@ -106,6 +106,7 @@ class ModelConfig:
     bev_range: float = 51.2
     num_cameras: int = 6
     image_hw: tuple[int, int] = (128, 224)  # documents the input size; the model reads H, W from the images
+    image_crop_top: float = 0.0  # preprocessing: the image is resized to (H / (1 - crop), W) and its top rows cut
     view_transform: str = "bevformer"  # or "bilinear"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)

@@ -164,6 +164,8 @@ def check_contracts(cfg: DictConfig, data: TemporalDataModule, model_cfg: ModelC
     problems = []
     if tuple(d.image_size) != tuple(model_cfg.image_hw):
         problems.append(f"data.image_size {tuple(d.image_size)} != model.image_hw {tuple(model_cfg.image_hw)}")
+    if abs(d.image_crop_top - model_cfg.image_crop_top) > 1e-9:
+        problems.append(f"data.image_crop_top {d.image_crop_top} != model.image_crop_top {model_cfg.image_crop_top}")
     if abs(d.bev_range - model_cfg.bev_range) > 1e-6:
         problems.append(f"data.bev_range {d.bev_range} != model.bev_range {model_cfg.bev_range}")
     if d.map_size != model_cfg.map.map_size:
