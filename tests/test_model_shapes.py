@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from drive.models import build_model, tiny_config
 from drive.models.build import BackboneConfig, _make
@@ -136,3 +137,16 @@ def test_cloud_config_forward() -> None:
     with torch.no_grad():
         out = model(*tiny_inputs(model, cfg, batch=1))
     assert out.bev.shape == (1, 256, 100, 100)
+
+
+def test_map_head_resize_equals_grid_sample_on_the_same_square() -> None:
+    from drive.models.heads.map_seg import MapSegHead
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 12)
+    for size in (48, 30, 12):  # 4x, non-integer and 1x upsampling
+        head = MapSegHead(8, bev_range=30.0, map_size=size, map_range=30.0, hidden=8)
+        assert head.same_extent
+        torch.testing.assert_close(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False),
+                                   head.resample(x), atol=1e-5, rtol=1e-5)
+    assert not MapSegHead(8, bev_range=30.0, map_size=40, map_range=20.0).same_extent
