@@ -60,7 +60,7 @@ def test_edge_config_forward() -> None:
     from drive.models import edge_config
 
     cfg = edge_config()
-    assert cfg.image_hw == (128, 224) and cfg.bev_size == 50 and cfg.backbone.base_width == 32
+    assert cfg.image_hw == (128, 352) and cfg.image_crop_top == 0.35 and cfg.bev_size == 50 and cfg.backbone.base_width == 32
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())

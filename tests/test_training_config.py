@@ -77,7 +77,7 @@ def test_defaults_are_the_edge_run_of_the_issue(tmp_path):
     cfg = make_cfg(tmp_path)
     assert cfg.data.root == "data/synth" and cfg.data.version == "v1.0-mini"
     assert (cfg.data.train_split, cfg.data.val_split) == ("mini_train", "mini_val")
-    assert list(cfg.data.image_size) == [128, 224] and cfg.trainer.accelerator == "cpu"
+    assert list(cfg.data.image_size) == [128, 352] and cfg.data.image_crop_top == 0.35 and cfg.trainer.accelerator == "cpu"
     assert builders.build_model_config(cfg) == edge_config()
     edge = make_cfg(tmp_path, ["experiment=edge"])
     for key in ("data", "model", "trainer", "optimizer", "scheduler", "loss", "system", "temporal"):

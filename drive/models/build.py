@@ -105,11 +105,11 @@ class ModelConfig:
     bev_size: int = 50
     bev_range: float = 51.2
     num_cameras: int = 6
-    image_hw: tuple[int, int] = (128, 224)  # documents the input size; the model reads H, W from the images
-    image_crop_top: float = 0.0  # preprocessing: the image is resized to (H / (1 - crop), W) and its top rows cut
+    image_hw: tuple[int, int] = (128, 352)  # documents the input size; the model reads H, W from the images
+    image_crop_top: float = 0.35  # preprocessing: the image is resized to (H / (1 - crop), W) and its top rows cut
     view_transform: str = "bevformer"  # or "bilinear"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    neck: NeckConfig = field(default_factory=NeckConfig)
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(out_indices=(1, 2, 3)))
+    neck: NeckConfig = field(default_factory=lambda: NeckConfig(out_strides=(8,)))
     bevformer: BEVFormerConfig = field(default_factory=BEVFormerConfig)
     bilinear: BilinearLiftConfig = field(default_factory=BilinearLiftConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -154,15 +154,16 @@ def build_model(cfg: ModelConfig) -> DrivingModel:
 
 
 def edge_config(**overrides: object) -> ModelConfig:
-    """Cheap enough to train on a 2-core CPU: 6 x 128 x 224 images, ResNet-18 layout at width 32,
-    stride-16 features, C = 64, 50 x 50 BEV, 2 encoder layers."""
+    """Cheap enough to train on a 2-core CPU: 6 x 128 x 352 images (resized to 197 x 352, the top 35 %
+    cut), ResNet-18 layout at width 32, FPN fused to stride-8 features (16 x 44 per camera), C = 64,
+    50 x 50 BEV, 2 encoder layers."""
     return replace(ModelConfig(), **overrides)
 
 
 def cloud_config(**overrides: object) -> ModelConfig:
     """ResNet-50 layout, strides 8 + 16, C = 256, 100 x 100 BEV, 3 encoder layers, 256 x 448 images."""
     cfg = ModelConfig(
-        embed_dim=256, bev_size=100, image_hw=(256, 448),
+        embed_dim=256, bev_size=100, image_hw=(256, 448), image_crop_top=0.0,
         backbone=BackboneConfig(block="bottleneck", layers=(3, 4, 6, 3), base_width=64, out_indices=(1, 2, 3)),
         neck=NeckConfig(out_strides=(8, 16)),
         bevformer=BEVFormerConfig(num_layers=3, num_heads=8, num_points=2),
@@ -179,7 +180,9 @@ def tiny_config(**overrides: object) -> ModelConfig:
     5-iteration feasibility layer that treats every agent as real (threshold 0) so all its terms run."""
     cfg = ModelConfig(
         embed_dim=32, bev_size=16, image_hw=(64, 96),
-        backbone=BackboneConfig(layers=(1, 1, 1, 1), base_width=8, num_groups=4),
+        image_crop_top=0.0,
+        backbone=BackboneConfig(layers=(1, 1, 1, 1), base_width=8, num_groups=4, out_indices=(2, 3)),
+        neck=NeckConfig(out_strides=(16,)),
         bevformer=BEVFormerConfig(num_layers=1, num_heads=4, num_points=2, temporal_points=2),
         detection=DetectionConfig(head_channels=32, top_k=20),
         map=MapConfig(map_size=32, hidden=16),
