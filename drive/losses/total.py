@@ -27,7 +27,7 @@ class LossConfig:
     detection_weight: float = 1.0
     map_weight: float = 1.0
     motion_weight: float = 0.5
-    planning_weight: float = 1.0
+    planning_weight: float = 0.25  # at 1.0 the plan loss starves detection in a CPU budget (BENCHMARKS.md)
     detection: DetectionLossConfig = field(default_factory=DetectionLossConfig)
     map: MapLossConfig = field(default_factory=MapLossConfig)
     motion: MotionLossConfig = field(default_factory=MotionLossConfig)
