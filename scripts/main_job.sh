@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: synthetic world -> train (experiment=quick) -> evaluate -> export INT8 -> profile.
-# Everything lands in outputs/main/ (and the world in data/synth). ~12 min on 2 cores after setup.
+# Everything lands in outputs/main/ (and the world in data/synth). ~5 min on 2 cores after setup (268 s on 2026-12-04).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/main}
