@@ -7,10 +7,11 @@ import pytest
 import torch
 from fixtures.realformat import VERSION
 
-from drive.data.augment import AugmentConfig, BevAug, resize_matrix, sample_image_aug, warp_image
+from drive.data.augment import (AugmentConfig, BevAug, mirrored_camera_order, resize_matrix, sample_image_aug,
+                                warp_image)
 from drive.data.dataset import NuScenesDrivingDataset
 from drive.data.geometry import box_corners, project_points
-from drive.types import COMMANDS
+from drive.types import CAMERAS, COMMANDS
 
 HW = (45, 80)
 
@@ -37,10 +38,12 @@ def _check_consistency(f0, t0, f1, t1):
         c1 = c1[:, [1, 0, 3, 2, 5, 4, 7, 6]]
     c1 = c1.reshape(-1, 3)
     checked = 0
+    mirrored = np.linalg.det(A[:3, :3]) < 0  # slot n then holds the mirror twin of plain camera twin[n]
+    twin = mirrored_camera_order(list(CAMERAS)) if mirrored else list(range(6))
     for n in range(6):
-        uv0, d0 = project_points(f0.ego2img[n].double().numpy(), c0)
+        uv0, d0 = project_points(f0.ego2img[twin[n]].double().numpy(), c0)
         uv1, d1 = project_points(f1.ego2img[n].double().numpy(), c1)
-        M = f1.intrinsics[n].double().numpy() @ np.linalg.inv(f0.intrinsics[n].double().numpy())
+        M = f1.intrinsics[n].double().numpy() @ np.linalg.inv(f0.intrinsics[twin[n]].double().numpy())
         expected = np.c_[uv0, np.ones(len(uv0))] @ M.T
         ok = d0 > 1.0
         np.testing.assert_allclose(d1, d0, atol=1e-3)
@@ -166,3 +169,19 @@ def test_top_crop_dataset_keeps_cameras_consistent(realformat_root, tmp_path):
     torch.testing.assert_close(b[:, 0] / b[:, 2], a[:, 0] / a[:, 2])
     torch.testing.assert_close(b[:, 1] / b[:, 2], a[:, 1] / a[:, 2] - 15.0)
     assert crop[0][0].images.shape[-2:] == (30, 80)  # served from its own cache entry
+
+
+def test_scene_flip_mirrors_pixels_and_keeps_camera_slots(realformat_root):
+    """A scene flip is a mirrored rig in a mirrored world: slot n shows the horizontally flipped image of its
+    mirror twin, and each slot's camera stays on its side of the car (FRONT_LEFT still looks left)."""
+    plain = _ds(realformat_root.root)
+    flipped = _ds(realformat_root.root, enabled=True, image_scale=(1.0, 1.0), image_flip=0.0, bev_rotation_deg=0.0,
+                  bev_flip=1.0, seed=4)
+    f0, _, _ = plain[0]
+    f1, _, _ = flipped[(0, 0)]
+    twin = mirrored_camera_order(list(CAMERAS))
+    assert twin != list(range(6))
+    for n in range(6):
+        torch.testing.assert_close(f1.images[n], torch.flip(f0.images[twin[n]], dims=[-1]))
+        y0, y1 = float(f0.ego_T_cam[n, 1, 3]), float(f1.ego_T_cam[n, 1, 3])
+        assert y0 * y1 >= 0 or abs(y0) < 0.05, CAMERAS[n]

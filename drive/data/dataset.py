@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from drive.types import Batch, Features, SampleMeta, Targets
 
-from .augment import AugmentConfig, BevAug, sample_image_aug, warp_image
+from .augment import AugmentConfig, BevAug, hflip_matrix, mirrored_camera_order, sample_image_aug, warp_image
 from .bev_map import DrivableMap
 from .errors import DataError
 from .features import build_features, read_cameras, read_ego_track
@@ -171,16 +171,22 @@ class NuScenesDrivingDataset(Dataset):
         rec = self.record(index)
         aug = self.augment if self.augment.enabled else None
         rng = self._rng(index, epoch) if aug else None
+        bev = BevAug.sample(rng, aug) if rng is not None else None
+        mirror = bev is not None and bev.flip  # the pixels are mirrored with the scene (see augment.py)
+        cameras = rec.cameras
+        if mirror:
+            cameras = [cameras[i] for i in mirrored_camera_order([c.channel for c in cameras])]
         images, img_aug = [], []
-        for cam in rec.cameras:
+        for cam in cameras:
             img, resize = self.images.load(cam)
             if rng is not None:
                 M = sample_image_aug(rng, aug, self.image_size)
+                if mirror:
+                    M = hflip_matrix(self.image_size[1]) @ M
                 img, resize = warp_image(img, M), M @ resize
             images.append(img)
             img_aug.append(resize)
-        features = build_features(rec.cameras, rec.track, np.stack(images), np.stack(img_aug))
-        bev = BevAug.sample(rng, aug) if rng is not None else None
+        features = build_features(cameras, rec.track, np.stack(images), np.stack(img_aug))
         global_T_ego = rec.global_T_ego
         if bev is not None:
             features = bev.features(features)
