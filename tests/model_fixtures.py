@@ -1,6 +1,8 @@
 """Shared helpers for the model / loss tests: tiny models, example inputs, synthetic targets."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from drive.models import build_model, tiny_config
@@ -14,6 +16,15 @@ def tiny_model(seed: int = 0, **overrides) -> tuple[DrivingModel, ModelConfig]:
     torch.manual_seed(seed)
     cfg = tiny_config(**overrides)
     return build_model(cfg), cfg
+
+
+def tiny_view_transform(name: str) -> dict:
+    """``tiny_config`` overrides of a view transform named ``bevformer``, ``bilinear`` or ``bevformer+conv_fusion``."""
+    kind, _, option = name.partition("+")
+    overrides: dict = {"view_transform": kind}
+    if option == "conv_fusion":
+        overrides["bevformer"] = replace(tiny_config().bevformer, conv_fusion=True)
+    return overrides
 
 
 def tiny_inputs(model: DrivingModel, cfg: ModelConfig, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -11,7 +11,7 @@ from drive.models.geometry import bev_cell_centers, project_to_cameras
 from drive.models.temporal import warp_prev_bev
 from drive.models.view_transform_bevformer import BEVFormerViewTransform, SpatialCrossAttention
 from drive.models.view_transform_lss import BilinearLiftViewTransform
-from model_fixtures import tiny_inputs, tiny_model
+from model_fixtures import tiny_inputs, tiny_model, tiny_view_transform
 
 torch.set_num_threads(1)
 H, W = 64, 96
@@ -95,9 +95,9 @@ def test_warp_rotation_by_90_degrees() -> None:
     torch.testing.assert_close(warped, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear"])
+@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear", "bevformer+conv_fusion"])
 def test_first_frame_output_independent_of_prev_bev(view_transform: str) -> None:
-    model, cfg = tiny_model(view_transform=view_transform)
+    model, cfg = tiny_model(**tiny_view_transform(view_transform))
     model.eval()
     images, ego2img, status, command, prev_bev, prev_T_cur, _ = tiny_inputs(model, cfg, batch=2)
     zeros = torch.zeros(2)

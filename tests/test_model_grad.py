@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from drive.losses import LossConfig, check_loss_config, total_loss
-from model_fixtures import synthetic_targets, tiny_inputs, tiny_model
+from model_fixtures import synthetic_targets, tiny_inputs, tiny_model, tiny_view_transform
 
 torch.set_num_threads(1)
 
@@ -14,9 +14,9 @@ def _loss_cfg(cfg) -> LossConfig:
     return LossConfig(bev_range=cfg.bev_range, map_range=cfg.map.map_range)
 
 
-@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear"])
+@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear", "bevformer+conv_fusion"])
 def test_every_parameter_gets_a_finite_gradient(view_transform: str) -> None:
-    model, cfg = tiny_model(view_transform=view_transform)
+    model, cfg = tiny_model(**tiny_view_transform(view_transform))
     model.train()
     loss_cfg = _loss_cfg(cfg)
     check_loss_config(loss_cfg, model)

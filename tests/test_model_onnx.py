@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from drive.models import INPUT_NAMES, FlatOutputs, ModelOutputs
-from model_fixtures import tiny_inputs, tiny_model
+from model_fixtures import tiny_inputs, tiny_model, tiny_view_transform
 
 torch.set_num_threads(1)
 
 
 @pytest.mark.timeout(300)
-def test_onnx_export_parity(tmp_path) -> None:
-    model, cfg = tiny_model(seed=1)
+@pytest.mark.parametrize("view_transform", ["bevformer", "bevformer+conv_fusion"])
+def test_onnx_export_parity(tmp_path, view_transform: str) -> None:
+    model, cfg = tiny_model(seed=1, **tiny_view_transform(view_transform))
     model.eval()
     inputs = tiny_inputs(model, cfg, batch=2, seed=1)  # sample 0 is a first frame, sample 1 has a previous BEV
     with torch.no_grad():

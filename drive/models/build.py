@@ -49,6 +49,7 @@ class BEVFormerConfig:
     temporal_points: int = 4
     ffn_dim: Optional[int] = None
     cameras_per_query: Optional[int] = 2  # camera slots per BEV query (None: sample all cameras)
+    conv_fusion: bool = False  # BEVDet4D concat + conv of the aligned previous map after the encoder
 
 
 @dataclass

@@ -7,8 +7,9 @@ map is replaced by the current queries through a multiplicative flag,
 current queries twice. With ``has_prev = 0`` the output does not depend on ``prev_bev`` at all.
 
 ``TemporalSelfAttention`` is BEVFormer's deformable self-attention over the two value maps
-``[aligned prev, current]``. ``TemporalConvFusion`` is the cheap alternative (concat + conv) used
-by the bilinear-lifting view transform.
+``[aligned prev, current]``. ``TemporalConvFusion`` is the cheap alternative (concat + conv, as
+BEVDet4D) used by the bilinear-lifting view transform, and optionally after the BEVFormer encoder,
+where its 3 x 3 window sees an object's displacement between the frames directly.
 """
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ class TemporalConvFusion(nn.Module):
         )
 
     def forward(self, bev_BCYX: Tensor, prev_bev_BCYX: Tensor, prev_T_cur_B44: Tensor, has_prev_B: Tensor) -> Tensor:
-        aligned = warp_prev_bev(prev_bev_BCYX, prev_T_cur_B44, self.bev_range)
-        prev = mix_first_frame(aligned, bev_BCYX, has_prev_B)
+        return self.fuse_aligned(bev_BCYX, warp_prev_bev(prev_bev_BCYX, prev_T_cur_B44, self.bev_range), has_prev_B)
+
+    def fuse_aligned(self, bev_BCYX: Tensor, aligned_prev_BCYX: Tensor, has_prev_B: Tensor) -> Tensor:
+        """The fusion on a previous map already warped onto the current grid."""
+        prev = mix_first_frame(aligned_prev_BCYX, bev_BCYX, has_prev_B)
         return bev_BCYX + self.fuse(torch.cat([bev_BCYX, prev], dim=1))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from drive.models.attention import FFN, BEVPositionalEmbedding, deformable_sample, init_sampling_offsets
 from drive.models.geometry import pillar_points, project_to_cameras
-from drive.models.temporal import TemporalSelfAttention, mix_first_frame, warp_prev_bev
+from drive.models.temporal import TemporalConvFusion, TemporalSelfAttention, mix_first_frame, warp_prev_bev
 
 
 class SpatialCrossAttention(nn.Module):
@@ -131,6 +131,8 @@ class BEVFormerViewTransform(nn.Module):
         temporal_points: sampling points per (queue, head) in temporal self-attention.
         cameras_per_query: camera slots each query samples (the cameras seeing most of its pillar);
             None = all cameras.
+        conv_fusion: after the encoder, also fuse the aligned previous map by concat + 3 x 3 conv
+            (BEVDet4D), which shows the detection head an object's displacement between frames.
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class BEVFormerViewTransform(nn.Module):
         temporal_points: int = 4,
         ffn_dim: Optional[int] = None,
         cameras_per_query: Optional[int] = 2,
+        conv_fusion: bool = False,
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
@@ -161,6 +164,7 @@ class BEVFormerViewTransform(nn.Module):
                                   num_heads, num_points, temporal_points, ffn_dim or 4 * embed_dim, cameras_per_query)
             for _ in range(num_layers)
         )
+        self.fusion = TemporalConvFusion(embed_dim, bev_range) if conv_fusion else None
 
     def reference_points(self, ego2img_BN44: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Project every query pillar into every camera: grid (B, N, Q, Z, 2) and valid (B, N, Q, Z)."""
@@ -181,4 +185,5 @@ class BEVFormerViewTransform(nn.Module):
         x = self.bev_queries.unsqueeze(0).expand(b, -1, -1)
         for layer in self.layers:
             x = layer(x, pos, aligned_BQC, has_prev_B, values, ref_grid, ref_valid)
-        return rearrange(x, "b (y x) c -> b c y x", y=s, x=s)
+        bev = rearrange(x, "b (y x) c -> b c y x", y=s, x=s)
+        return bev if self.fusion is None else self.fusion.fuse_aligned(bev, aligned, has_prev_B)
