@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from drive.data.augment import BevAug
+from drive.data.augment import BevAug, mirrored_camera_order
 from drive.data.dataset import NuScenesDrivingDataset, collate
 from drive.data.geometry import pose_to_matrix
 from drive.data.nusc import open_nuscenes, scenes_of_split
@@ -23,7 +23,7 @@ from drive.labelling.records import LabelBox
 from drive.labelling.teacher import (ClipLabels, OffboardTeacher, TeacherConfig, TeacherSpec, backward_prev_T_cur,
                                      mirror_boxes, mirror_features, mirror_targets)
 from drive.metrics.detection import evaluate_detection, write_results
-from drive.types import CLASSES, COMMANDS, Features
+from drive.types import CAMERAS, CLASSES, COMMANDS, Features
 from eval_fixtures import write_checkpoint
 
 VERSION = "v1.0-mini"
@@ -151,17 +151,22 @@ def test_mirror_is_an_involution_on_boxes_and_features():
     assert np.array_equal(mirror_boxes(m), b)
     ego2img = torch.as_tensor(rng.normal(size=(6, 4, 4)), dtype=torch.float32)
     p_T_c = torch.as_tensor(pose_to_matrix([2.0, 0.3, 0.0], [math.cos(0.1), 0, 0, math.sin(0.1)]), dtype=torch.float32)
-    f = Features(images=torch.zeros(6, 3, 4, 4), intrinsics=torch.zeros(6, 3, 3),
+    images = torch.as_tensor(rng.normal(size=(6, 3, 4, 5)), dtype=torch.float32)
+    f = Features(images=images, intrinsics=torch.as_tensor(rng.normal(size=(6, 3, 3)), dtype=torch.float32),
                  ego_T_cam=torch.eye(4).repeat(6, 1, 1), ego2img=ego2img, ego_status=torch.tensor([5.0, 0.5, 0.2]),
                  command=torch.tensor(COMMANDS.index("left")), prev_T_cur=p_T_c, has_prev=torch.tensor(1.0))
     fm = mirror_features(f)
     p = torch.tensor([12.0, 3.0, 1.0, 1.0])
     p_mirrored = p * torch.tensor([1.0, -1.0, 1.0, 1.0])
-    assert torch.allclose(fm.ego2img @ p_mirrored, ego2img @ p)  # a query at (x, -y) samples where (x, y) projects
+    twin = mirrored_camera_order(list(CAMERAS))
+    flip_u = torch.tensor([[-1.0, 0, 4.0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # u -> W - 1 - u, W = 5
+    for n in range(6):  # slot n: the flipped image of camera twin[n]; a query at (x, -y) samples where (x, y) shows
+        assert torch.allclose(fm.ego2img[n] @ p_mirrored, flip_u @ ego2img[twin[n]] @ p, atol=1e-5)
+        assert torch.equal(fm.images[n], torch.flip(images[twin[n]], dims=[-1]))
     assert int(fm.command) == COMMANDS.index("right") and torch.allclose(fm.ego_status, torch.tensor([5.0, 0.5, -0.2]))
     assert torch.allclose(fm.prev_T_cur @ p_mirrored, (p_T_c @ p) * torch.tensor([1.0, -1.0, 1.0, 1.0]), atol=1e-5)
     back = mirror_features(fm)
-    for name in ("ego2img", "ego_status", "command", "prev_T_cur"):
+    for name in ("images", "intrinsics", "ego2img", "ego_T_cam", "ego_status", "command", "prev_T_cur"):
         assert torch.allclose(getattr(back, name).float(), getattr(f, name).float(), atol=1e-6), name
 
 
@@ -278,7 +283,9 @@ def test_random_checkpoint_runs_every_pass_with_the_right_inputs(synth_world, va
         moved = bwd[k]["prev_T_cur"][:3, 3]  # the current ego origin seen from the next ego frame
         assert np.linalg.norm(moved) == pytest.approx(np.linalg.norm(poses[cur][:2] - poses[nxt][:2]), abs=1e-3)
     flip = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0]))
-    assert torch.allclose(fwd_m[0]["ego2img"], fwd[0]["ego2img"] @ flip)
+    flip_u = torch.tensor([[-1.0, 0, 95.0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # u -> W - 1 - u, W = 96
+    twin = mirrored_camera_order(list(CAMERAS))  # the mirrored pass sees flipped images in twin slots
+    assert torch.allclose(fwd_m[0]["ego2img"], flip_u @ fwd[0]["ego2img"][twin] @ flip, atol=1e-4)
     assert all(clip.stats["raw_boxes"][p] > 0 for p in clip.stats["passes"])
     assert set(clip.boxes) == set(clip.samples) and all(isinstance(b, LabelBox) for v in clip.boxes.values() for b in v)
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from drive.data.augment import mirrored_camera_order
 from drive.training import builders
 from drive.training.temporal import ResumableSampler, TemporalBatch, collate_history, relative_pose
+from drive.types import CAMERAS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -70,8 +72,9 @@ def test_training_batches_carry_the_previous_keyframe(tiny_run):
 def test_links_follow_the_augmented_frames(tiny_run):
     """Without augmentation the recomputed link is the data layer's prev_T_cur. With augmentation each item's
     meta.global_T_ego is the pose of the frame its features (hence its BEV) live in: cameras land at the same
-    global place with or without augmentation, so the link built from those poses maps the current
-    augmented frame into the frame the previous BEV was computed in. The collated batch uses that link."""
+    global place with or without augmentation (a mirrored frame holds each camera in its twin's slot), so the
+    link built from those poses maps the current augmented frame into the frame the previous BEV was computed
+    in. The history frame shares the current frame's scene augmentation. The collated batch uses that link."""
     _, run = tiny_run
     ds = run.datamodule.train_set
     idx = next(i for i in range(len(ds)) if ds.prev_index[i] >= 0)
@@ -87,10 +90,15 @@ def test_links_follow_the_augmented_frames(tiny_run):
     finally:
         base.augment = ds.features_only.augment = original
     np.testing.assert_allclose(relative_pose(prev_raw[2], cur_raw[2]), cur_raw[0].prev_T_cur.numpy(), atol=1e-4)
+    scene_aug = []
     for raw, aug in ((prev_raw, prev_aug), (cur_raw, cur_aug)):
-        cams_raw = np.asarray(raw[2].global_T_ego) @ raw[0].ego_T_cam.double().numpy()
+        A = np.linalg.inv(np.asarray(aug[2].global_T_ego)) @ np.asarray(raw[2].global_T_ego)  # ego' = A ego
+        scene_aug.append(A)
+        twin = mirrored_camera_order(list(CAMERAS)) if np.linalg.det(A[:3, :3]) < 0 else list(range(6))
+        cams_raw = np.asarray(raw[2].global_T_ego) @ raw[0].ego_T_cam.double().numpy()[twin]
         cams_aug = np.asarray(aug[2].global_T_ego) @ aug[0].ego_T_cam.double().numpy()
         np.testing.assert_allclose(cams_aug, cams_raw, atol=1e-3)
+    np.testing.assert_allclose(scene_aug[0], scene_aug[1], atol=1e-6)  # the queue shares one scene augmentation
     assert not np.allclose(np.asarray(cur_aug[2].global_T_ego), np.asarray(cur_raw[2].global_T_ego))
     batch = collate_history([((prev_aug,), cur_aug)])
     np.testing.assert_allclose(batch.current.features.prev_T_cur[0].numpy(),

@@ -12,9 +12,10 @@ drivable raster move with it; ``ego_T_cam -> A ego_T_cam``, ``ego2img -> ego2img
 'right' command and negates the yaw rate (speed and acceleration are unchanged); the command is
 otherwise the one of the unrotated scene (a navigation intention does not rotate with the scene).
 
-A flip mirrors the pixels too: every image is flipped horizontally and each camera moves to its
-mirror twin's slot (``CAM_FRONT_LEFT`` <-> ``CAM_FRONT_RIGHT``, see ``mirrored_camera_order``), so
-the input is what a mirrored rig would record in the mirrored world. Mirroring the labels alone
+A flip mirrors the pixels too (``BevAug.features``): every image is flipped horizontally (the flip
+folded into ``intrinsics`` / ``ego2img``) and each camera moves to its mirror twin's slot
+(``CAM_FRONT_LEFT`` <-> ``CAM_FRONT_RIGHT``, see ``mirrored_camera_order``), so the input is what a
+mirrored rig would record in the mirrored world. Mirroring the labels alone
 (or flipping single images) would leave every object's appearance facing one way and its labelled
 heading the other: a 28-minute run with both flips off trained to mAOE 0.90 against 1.29 with them
 (BENCHMARKS.md). The per-camera ``image_flip`` is therefore off by default.
@@ -28,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from drive.types import COMMANDS, Features
+from drive.types import CAMERAS, COMMANDS, Features
 
 from .bev_map import bev_cell_to_ego
 from .geometry import flip_y, rot_z
@@ -98,6 +99,17 @@ def mirrored_camera_order(channels: list[str]) -> list[int]:
     return [index.get(t, i) for i, t in enumerate(twins)]
 
 
+def mirror_pixels(f: Features) -> Features:
+    """Every image flipped horizontally, the flip folded into its camera matrices, and each camera moved to
+    its mirror twin's slot: one half of a scene mirror (``BevAug.features`` adds the other, ``ego' = A ego``)."""
+    order = mirrored_camera_order(list(CAMERAS))
+    F3 = torch.as_tensor(hflip_matrix(f.images.shape[-1]), dtype=torch.float32)
+    F4 = torch.eye(4)
+    F4[:3, :3] = F3
+    return replace(f, images=torch.flip(f.images[order], dims=[-1]), intrinsics=F3 @ f.intrinsics[order],
+                   ego2img=F4 @ f.ego2img[order], ego_T_cam=f.ego_T_cam[order])
+
+
 def warp_image(image_HW3: np.ndarray, M: np.ndarray) -> np.ndarray:
     """Apply a 3x3 pixel affine to an image, keeping its size (bilinear, zero border)."""
     H, W = image_HW3.shape[:2]
@@ -152,6 +164,7 @@ class BevAug:
                        future_yaw=np.where(ego.future_mask, self.yaw(ego.future_yaw), 0).astype(np.float32))
 
     def features(self, f: Features) -> Features:
+        """Unbatched features (cameras in ``CAMERAS`` order) of the augmented scene."""
         A = torch.as_tensor(self.matrix, dtype=torch.float32)
         A_inv = torch.as_tensor(np.linalg.inv(self.matrix), dtype=torch.float32)
         command, status = f.command, f.ego_status
@@ -159,6 +172,7 @@ class BevAug:
             swap = {COMMANDS.index("left"): COMMANDS.index("right"), COMMANDS.index("right"): COMMANDS.index("left")}
             command = torch.tensor(swap.get(int(command), int(command)), dtype=command.dtype)
             status = status * torch.tensor([1.0, 1.0, -1.0])
+            f = mirror_pixels(f)
         return replace(f, ego_T_cam=A @ f.ego_T_cam, ego2img=f.ego2img @ A_inv, prev_T_cur=A @ f.prev_T_cur @ A_inv,
                        command=command, ego_status=status)
 

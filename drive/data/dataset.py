@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from drive.types import Batch, Features, SampleMeta, Targets
 
-from .augment import AugmentConfig, BevAug, hflip_matrix, mirrored_camera_order, sample_image_aug, warp_image
+from .augment import AugmentConfig, BevAug, sample_image_aug, warp_image
 from .bev_map import DrivableMap
 from .errors import DataError
 from .features import build_features, read_cameras, read_ego_track
@@ -74,7 +74,11 @@ class NuScenesDrivingDataset(Dataset):
       image_crop_top: fraction of the resized image's rows cut from the top (0: none; see ``ImageCache``).
       bev_range, map_size: BEV square ``[-range, range]`` m and the drivable raster's cells per side.
       max_objects, box_margin: padding size; boxes with ``|x|`` or ``|y| > bev_range + box_margin`` dropped.
-      augment: ``AugmentConfig`` (or a mapping of its fields); ``enabled`` for training.
+      augment: ``AugmentConfig`` (or a mapping of its fields); ``enabled`` for training. The image side is
+        drawn per keyframe from ``(seed, epoch, index)``, the scene side (``BevAug``) from
+        ``(seed, epoch, anchor)``: a key ``(index, epoch, anchor)`` lets a temporal queue share one scene
+        augmentation (the current frame's index as every history frame's anchor, as BEVDet4D does), so
+        the frames' BEV maps stay in one handedness and one rotation.
       with_targets: False -> targets are None and annotations are never read.
       skip_bad_samples: False -> a missing / corrupt image raises ``DataError`` naming the file;
         True -> the failure is logged (once per sample) and the nearest good keyframe is returned instead.
@@ -142,51 +146,51 @@ class NuScenesDrivingDataset(Dataset):
         """Epoch used for the augmentation seed when items are asked for by plain index."""
         self.epoch = int(epoch)
 
-    def _rng(self, index: int, epoch: int) -> np.random.Generator:
+    def _rng(self, index: int, epoch: int, stream: int) -> np.random.Generator:
         if self.augment.seed is None:
             return np.random.default_rng()
-        return np.random.default_rng([int(self.augment.seed), int(epoch), int(index)])
+        return np.random.default_rng([int(self.augment.seed), int(epoch), int(index), stream])
 
-    def __getitem__(self, key: Union[int, tuple[int, int]]) -> Item:
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.epoch)
+    def __getitem__(self, key: Union[int, tuple[int, ...]]) -> Item:
+        """``index``, ``(index, epoch)`` or ``(index, epoch, anchor)`` (see ``augment`` in the class doc)."""
+        if isinstance(key, (tuple, list)):
+            index, epoch = int(key[0]), int(key[1])
+            anchor = int(key[2]) if len(key) > 2 else None
+        else:
+            index, epoch, anchor = int(key), self.epoch, None
         if index < 0:
             index += len(self)
         if not self.skip_bad_samples:
-            return self.load(index, epoch)
+            return self.load(index, epoch, anchor)
         n = len(self)
         for k in range(2 * n):
             j = index + (k + 1) // 2 * (1 if k % 2 else -1)  # index, index+1, index-1, index+2, ...
             if not 0 <= j < n:
                 continue
             try:
-                return self.load(j, epoch)
+                return self.load(j, epoch, anchor)
             except DataError as e:
                 if j not in self._reported_bad:
                     self._reported_bad.add(j)
                     log.warning("skipping bad sample %d (%s): %s", j, self.record(j).sample_token, e)
         raise DataError(f"no readable sample in {self.root} ({self.version}, split {self.split})", self.root)
 
-    def load(self, index: int, epoch: int = 0) -> Item:
-        """The item at ``index``; a bad image raises ``DataError``."""
+    def load(self, index: int, epoch: int = 0, anchor: Optional[int] = None) -> Item:
+        """The item at ``index`` (scene augmentation drawn for ``anchor``, default ``index``); a bad image
+        raises ``DataError``."""
         rec = self.record(index)
         aug = self.augment if self.augment.enabled else None
-        rng = self._rng(index, epoch) if aug else None
-        bev = BevAug.sample(rng, aug) if rng is not None else None
-        mirror = bev is not None and bev.flip  # the pixels are mirrored with the scene (see augment.py)
-        cameras = rec.cameras
-        if mirror:
-            cameras = [cameras[i] for i in mirrored_camera_order([c.channel for c in cameras])]
+        rng = self._rng(index, epoch, 0) if aug else None
+        bev = BevAug.sample(self._rng(index if anchor is None else anchor, epoch, 1), aug) if aug else None
         images, img_aug = [], []
-        for cam in cameras:
+        for cam in rec.cameras:
             img, resize = self.images.load(cam)
             if rng is not None:
                 M = sample_image_aug(rng, aug, self.image_size)
-                if mirror:
-                    M = hflip_matrix(self.image_size[1]) @ M
                 img, resize = warp_image(img, M), M @ resize
             images.append(img)
             img_aug.append(resize)
-        features = build_features(cameras, rec.track, np.stack(images), np.stack(img_aug))
+        features = build_features(rec.cameras, rec.track, np.stack(images), np.stack(img_aug))
         global_T_ego = rec.global_T_ego
         if bev is not None:
             features = bev.features(features)

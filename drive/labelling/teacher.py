@@ -8,12 +8,12 @@ where auto-labels beat the edge model (Waymo's offboard auto-labelling, Qi et al
 2. ``backward``: in reverse time order, the NEXT keyframe's BEV as ``prev_bev``, with
    ``prev_T_cur = inv(global_T_next) @ global_T_cur`` so the temporal warp is right (``has_prev`` = 1 except
    at the last keyframe); ego status and command stay those of the real (forward) drive;
-3. test-time augmentation, ``*_mirror``: each of the above on a y-mirrored world. The model's view is
-   mirrored through its camera matrices, ``ego2img @ diag(1, -1, 1, 1)`` (a BEV query at (x, y) samples the
-   image where (x, -y) projects; no image flip), with the training augmentation's own conventions
-   (``drive.data.augment.BevAug(flip=True).features``: ``prev_T_cur`` conjugated by the mirror, 'left' /
-   'right' commands swapped, yaw rate negated). Output boxes are mirrored back (``mirror_boxes``: y, yaw
-   and vy negated; an involution). A mirrored stream carries its own (mirrored) BEV.
+3. test-time augmentation, ``*_mirror``: each of the above on a y-mirrored world, built exactly as the
+   training augmentation builds one (``drive.data.augment.BevAug(flip=True).features``): every image
+   flipped horizontally and moved to its mirror twin's camera slot, camera matrices mirrored with it (a BEV
+   query at (x, -y) samples the flipped image where (x, y) projects), ``prev_T_cur`` conjugated by the
+   mirror, 'left' / 'right' commands swapped, yaw rate negated. Output boxes are mirrored back
+   (``mirror_boxes``: y, yaw and vy negated; an involution). A mirrored stream carries its own (mirrored) BEV.
 
 The passes are fused per keyframe and refined as tracks over the clip (``drive.labelling.fusion``). The
 velocities of time-reversed passes are not used by default (``backward_velocity``): a model that reads motion

@@ -9,11 +9,13 @@ the last one to the current frame as ``prev_bev`` (BEVFormer's ``obtain_history_
 mid-epoch resume needs nothing but the sampler position (no carried BEV state to checkpoint).
 A frame whose predecessor is missing (scene start) gets ``prev_bev = 0`` and ``has_prev = 0``.
 
-Augmentation: every item, history included, gets its own BEV augmentation ``ego' = A ego``
-(seeded by (seed, epoch, index)). The link between two frames is therefore recomputed from the
-augmented poses in ``SampleMeta.global_T_ego`` (``global_T_ego A^-1``):
-``prev_T_cur = inv(G_prev') @ G_cur' = A_prev inv(G_prev) G_cur inv(A_cur)``, which is exactly
-the map from the current augmented frame into the frame the previous BEV was computed in.
+Augmentation: the history frames share the current item's scene augmentation ``ego' = A ego``
+(drawn for the current index: the dataset's ``anchor``), as BEVDet4D does, so a mirrored or
+rotated current frame never meets a previous BEV of the other handedness or rotation; image-side
+augmentation stays per frame. The link between two frames is recomputed from the augmented poses in
+``SampleMeta.global_T_ego`` (``global_T_ego A^-1``): ``prev_T_cur = inv(G_prev') @ G_cur' =
+A inv(G_prev) G_cur inv(A)``, the map from the current augmented frame into the frame the previous
+BEV was computed in.
 
 ``ResumableSampler`` shards by DDP rank itself (``use_distributed_sampler=False`` in the trainer)
 and can skip the first ``n`` items of one epoch: ``TemporalDataModule`` counts the batches the
@@ -122,7 +124,7 @@ class HistoryDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[list[Optional[Item]], Item]:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.base.epoch)
         current = self.base[(index, epoch)]
-        history = [self.features_only[(j, epoch)] if j >= 0 else None for j in self.history_indices(index)]
+        history = [self.features_only[(j, epoch, index)] if j >= 0 else None for j in self.history_indices(index)]
         return history, current
 
 
