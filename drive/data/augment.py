@@ -47,7 +47,7 @@ class AugmentConfig:
     image_flip: float = 0.0  # probability of a horizontal flip, per camera (breaks appearance vs heading)
     bev_rotation_deg: float = 22.5  # theta ~ U(-x, x)
     bev_flip: float = 0.5  # probability of mirroring the scene y -> -y: labels, map, images and camera slots
-    seed: Optional[int] = None  # None: fresh randomness; else deterministic per (seed, epoch, index)
+    seed: Optional[int] = None  # None: fresh randomness; else deterministic per (seed, epoch, index or anchor)
 
 
 # --------------------------------------------------------------------------- image side
