@@ -20,7 +20,7 @@ mirrored rig would record in the mirrored world. Mirroring the labels alone
 heading the other, so the per-camera ``image_flip`` is off by default. A mirror still swaps the traffic
 side (a right-hand world drives on the left), which costs heading accuracy while the detector leans on
 road position (28-minute runs: mAOE 0.90 with no flip, 1.44 with this mirror) and buys planning accuracy
-(ST-P3 L2 avg 1.65 vs 1.27 m); BENCHMARKS.md has the runs.
+(ST-P3 L2 avg 1.67 vs 1.31 m); BENCHMARKS.md has the runs.
 """
 from __future__ import annotations
 
