@@ -186,7 +186,9 @@ def main() -> None:
         "peak_rss_mb": round(rss, 1), "peak_rss_children_mb": round(rss_children, 1),
         "load_avg_start": round(load_start, 2), "load_avg_end": round(os.getloadavg()[0], 2),
         "threads": torch.get_num_threads(), "run_dir": os.path.abspath(run_dir),
-        "model": {"NDS": val("det_NDS"), "mAP": val("det_mAP"), "map_iou": val("map_iou"), "minADE": val("minADE"),
+        "model": {"NDS": val("det_NDS"), "mAP": val("det_mAP"), "mAOE": val("det_mAOE"), "mAVE": val("det_mAVE"),
+                  "flip_rate": val("det_flip_rate"), "moving_speed_ratio": val("det_moving_speed_ratio"),
+                  "map_iou": val("map_iou"), "minADE": val("minADE"),
                   "minFDE": val("minFDE"), "MR": val("MR"), **{f"plan_{k}": val(f"plan_{k}") for k in PLAN_KEYS}},
         "baselines": {name: {f"plan_{k}": round(v[k], 4) if math.isfinite(v[k]) else None for k in PLAN_KEYS}
                       for name, v in baselines.items()},
@@ -196,7 +198,8 @@ def main() -> None:
     m, b = figures["model"], figures["baselines"]
     summary = (f"{figures['steps']} steps x {figures['batch_size']} in {figures['wall_minutes']} min, "
                f"{figures['train_samples_per_s']} samples/s, peak RSS {figures['peak_rss_mb']:.0f} MB; val: "
-               f"NDS {m['NDS']} mAP {m['mAP']} mapIoU {m['map_iou']} minADE {m['minADE']} minFDE {m['minFDE']}; "
+               f"NDS {m['NDS']} mAP {m['mAP']} mAOE {m['mAOE']} flip {m['flip_rate']} mAVE {m['mAVE']} "
+               f"moving speed ratio {m['moving_speed_ratio']} mapIoU {m['map_iou']} minADE {m['minADE']} minFDE {m['minFDE']}; "
                f"L2 1/2/3 s per_step {m['plan_l2_1s_per_step']}/{m['plan_l2_2s_per_step']}/{m['plan_l2_3s_per_step']} "
                f"averaged {m['plan_l2_1s_averaged']}/{m['plan_l2_2s_averaged']}/{m['plan_l2_3s_averaged']}; "
                f"ego-MLP avg {b['ego_mlp']['plan_l2_avg_per_step']}/{b['ego_mlp']['plan_l2_avg_averaged']}, "

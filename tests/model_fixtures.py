@@ -19,11 +19,16 @@ def tiny_model(seed: int = 0, **overrides) -> tuple[DrivingModel, ModelConfig]:
 
 
 def tiny_view_transform(name: str) -> dict:
-    """``tiny_config`` overrides of a view transform named ``bevformer``, ``bilinear`` or ``bevformer+conv_fusion``."""
+    """``tiny_config`` overrides of a view transform named ``bevformer``, ``bilinear``, ``bevformer+conv_fusion``
+    or ``<kind>+temporal_regression`` (the detection head's two-frame box branch)."""
     kind, _, option = name.partition("+")
     overrides: dict = {"view_transform": kind}
     if option == "conv_fusion":
         overrides["bevformer"] = replace(tiny_config().bevformer, conv_fusion=True)
+    elif option == "temporal_regression":
+        overrides["detection"] = replace(tiny_config().detection, temporal_regression=True)
+    elif option:
+        raise ValueError(f"unknown option {option!r}")
     return overrides
 
 

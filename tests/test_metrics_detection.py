@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pyquaternion import Quaternion
 
-from drive.metrics.detection import boxes_to_nusc, evaluate_detection, sample_tokens_of_split, write_results
+from drive.metrics.detection import (boxes_to_nusc, evaluate_detection, heading_velocity_diagnostics,
+                                     sample_tokens_of_split, write_results)
 from drive.types import ATTRIBUTES, CLASSES
 
 
@@ -91,6 +92,7 @@ def test_gt_round_trip_scores_perfect(world, tmp_path, split):
     for err in ("mATE", "mASE", "mAOE", "mAVE", "mAAE"):
         assert out[err] == pytest.approx(0.0, abs=1e-4)
     assert all(out[f"AP_{c}"] == pytest.approx(1.0) for c in CLASSES)  # every class is in the val scenes
+    assert out["flip_rate"] == 0.0 and out["moving_speed_ratio"] == pytest.approx(1.0, abs=1e-4)
     assert os.path.isfile(tmp_path / "eval" / "metrics_summary.json")
 
 
@@ -105,3 +107,32 @@ def test_shifted_boxes_lose_and_missing_samples_are_named(world, tmp_path):
     path = write_results(str(tmp_path / "partial.json"), {k: v for k, v in res.items() if k not in drop})
     with pytest.raises(ValueError, match="misses 3 of the 16 samples"):
         evaluate_detection(nusc, path, "mini_val", str(tmp_path / "eval2"))
+
+
+def _box(name, xy, yaw, vel, score=None):
+    from nuscenes.eval.detection.data_classes import DetectionBox
+    return DetectionBox(sample_token="s", translation=(xy[0], xy[1], 1.0), size=(1.9, 4.5, 1.6),
+                        rotation=tuple(Quaternion(axis=[0, 0, 1], angle=yaw).elements), velocity=vel,
+                        detection_name=name, detection_score=-1.0 if score is None else score)
+
+
+def test_heading_velocity_diagnostics_hand_case():
+    from nuscenes.eval.common.data_classes import EvalBoxes
+
+    gt, pred = EvalBoxes(), EvalBoxes()
+    gt.add_boxes("s", [_box("car", (10, 0), 0.0, (10.0, 0.0)),  # moving at 10 m/s
+                       _box("car", (20, 0), 0.0, (0.0, 0.0)),  # parked
+                       _box("car", (30, 0), 0.0, (4.0, 0.0)),  # moving at 4 m/s
+                       _box("pedestrian", (0, 5), 1.0, (0.0, 0.0))])
+    pred.add_boxes("s", [_box("car", (10.5, 0), math.pi - 0.1, (0.0, 0.0), 0.9),  # faces backwards, says parked
+                         _box("car", (20, 0.3), 0.2, (0.0, 0.0), 0.8),  # right
+                         _box("car", (30, 0), 0.0, (4.0, 3.0), 0.7),  # right heading, 3 m/s off sideways
+                         _box("car", (10.8, 0), 0.0, (10.0, 0.0), 0.3),  # second on the taken car: unmatched
+                         _box("pedestrian", (0, 8), 1.0, (0.0, 0.0), 0.9)])  # 3 m off: no match
+    out = heading_velocity_diagnostics(gt, pred)
+    assert out["flip_rate_car"] == pytest.approx(1 / 3) and out["flip_rate"] == pytest.approx(1 / 3)
+    assert out["flip_matches"] == 3 and math.isnan(out["flip_rate_pedestrian"])
+    assert out["moving_matches"] == 2
+    assert out["moving_speed_ratio"] == pytest.approx((0.0 + 5.0) / (10.0 + 4.0))
+    assert out["moving_vel_err"] == pytest.approx((10.0 + 3.0) / 2)
+    assert out["static_vel_err"] == pytest.approx(0.0)

@@ -95,7 +95,8 @@ def test_warp_rotation_by_90_degrees() -> None:
     torch.testing.assert_close(warped, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear", "bevformer+conv_fusion"])
+@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear", "bevformer+conv_fusion",
+                                            "bilinear+temporal_regression"])
 def test_first_frame_output_independent_of_prev_bev(view_transform: str) -> None:
     model, cfg = tiny_model(**tiny_view_transform(view_transform))
     model.eval()
@@ -166,3 +167,20 @@ def test_camera_slots_keep_the_cameras_that_see_the_pillar() -> None:
     torch.testing.assert_close(a[few], b[few], atol=1e-5, rtol=1e-5)
     slots = sca2.camera_slots(valid)
     assert slots.shape == (2, 15 * 15, 2)
+
+
+def test_temporal_regression_head_reads_the_aligned_previous_map() -> None:
+    """The two-frame box branch: the previous map changes the boxes (offset, size, heading, velocity) but
+    not the heatmap or the attributes; without it the head refuses to run."""
+    from drive.models.heads.detection import CenterPointHead
+
+    torch.manual_seed(0)
+    head = CenterPointHead(in_channels=16, bev_size=8, bev_range=8.0, head_channels=8, top_k=5,
+                           temporal_regression=True).eval()
+    bev = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        a, b = head(bev, bev), head(bev, torch.roll(bev, 1, dims=-1))  # the same map, and one moved by a cell
+    assert torch.equal(a.heatmap, b.heatmap) and torch.equal(a.attributes, b.attributes)
+    assert not torch.allclose(a.regression, b.regression)
+    with pytest.raises(ValueError, match="aligned previous BEV"):
+        head(bev)

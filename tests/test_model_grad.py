@@ -14,7 +14,8 @@ def _loss_cfg(cfg) -> LossConfig:
     return LossConfig(bev_range=cfg.bev_range, map_range=cfg.map.map_range)
 
 
-@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear", "bevformer+conv_fusion"])
+@pytest.mark.parametrize("view_transform", ["bevformer", "bilinear", "bevformer+conv_fusion",
+                                            "bevformer+temporal_regression"])
 def test_every_parameter_gets_a_finite_gradient(view_transform: str) -> None:
     model, cfg = tiny_model(**tiny_view_transform(view_transform))
     model.train()

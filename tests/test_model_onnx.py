@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("view_transform", ["bevformer", "bevformer+conv_fusion"])
+@pytest.mark.parametrize("view_transform", ["bevformer", "bevformer+conv_fusion", "bevformer+temporal_regression"])
 def test_onnx_export_parity(tmp_path, view_transform: str) -> None:
     model, cfg = tiny_model(seed=1, **tiny_view_transform(view_transform))
     model.eval()

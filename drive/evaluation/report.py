@@ -198,6 +198,13 @@ def _detection_md(det: dict, figs: dict) -> str:
     s += "\n" + _table(["class", "AP", *TP_ERROR_KEYS.values()],
                        [[c, _f(det.get(f"AP_{c}"))] + [_f(det.get(f"{e}_{c}")) for e in TP_ERROR_KEYS]
                         for c in CLASSES])
+    if "flip_rate" in det:
+        s += ("\nHeading and velocity over the devkit's 2 m matches (not devkit metrics): flip rate = share of "
+              "boxes facing more than 90 degrees from the truth (0.5 = a coin flip); moving speed ratio = mean "
+              "predicted / true speed of matches whose truth moves faster than 1 m/s.\n\n")
+        keys = ["flip_rate", "flip_rate_car", "flip_rate_pedestrian", "moving_speed_ratio", "moving_vel_err",
+                "static_vel_err"]
+        s += _table(keys, [[_f(det.get(k)) for k in keys]])
     if "ap_bars" in figs:
         s += f"\n![per-class AP]({figs['ap_bars']})\n"
     if figs.get("pr"):

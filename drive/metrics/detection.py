@@ -180,7 +180,8 @@ def evaluate_detection(nusc, result_path: str, split: str, out_dir: str, verbose
     """Run the devkit ``DetectionEval`` on a submission; returns a flat dict of floats.
 
     Keys: ``mAP``, ``NDS``, ``mATE``, ``mASE``, ``mAOE``, ``mAVE``, ``mAAE``, ``AP_<class>`` (mean over the
-    0.5 / 1 / 2 / 4 m thresholds) and ``<err>_<class>`` TP errors (NaN where the devkit has none). Works for
+    0.5 / 1 / 2 / 4 m thresholds), ``<err>_<class>`` TP errors (NaN where the devkit has none) and the
+    ``heading_velocity_diagnostics`` (flip rate, moving-object speed ratio) on the devkit's boxes. Works for
     built-in splits and custom ``splits.json`` names (devkit 1.2). Also writes the devkit's
     ``metrics_summary.json`` / ``metrics_details.json`` to ``out_dir``.
     """
@@ -196,6 +197,7 @@ def evaluate_detection(nusc, result_path: str, split: str, out_dir: str, verbose
         raise ValueError(f"devkit rejected {path} for split {split!r}: {e}") from e
     metrics, summary = evaluate_and_save(ev, out_dir)
     out = {"mAP": float(metrics.mean_ap), "NDS": float(metrics.nd_score)}
+    out.update(heading_velocity_diagnostics(ev.gt_boxes, ev.pred_boxes))
     for err, key in TP_ERROR_KEYS.items():
         out[key] = _finite(metrics.tp_errors[err])
     for name in metrics.cfg.class_names:
@@ -204,3 +206,61 @@ def evaluate_detection(nusc, result_path: str, split: str, out_dir: str, verbose
             out[f"{err}_{name}"] = _finite(metrics.get_label_tp(name, err))
     return out
 
+
+
+# Heading and velocity diagnostics: what mAOE / mAVE do not say.
+HEADING_CLASSES = ("car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian", "motorcycle",
+                   "bicycle")  # the classes the devkit scores with a 2*pi heading period (barrier: pi, cone: none)
+MOVING_SPEED = 1.0  # m/s, a ground-truth box faster than this counts as moving
+
+
+def heading_velocity_diagnostics(gt_boxes, pred_boxes, class_names=HEADING_CLASSES, dist_th: float = 2.0,
+                                 moving_speed: float = MOVING_SPEED) -> dict[str, float]:
+    """Flip rate and moving-object speed over the devkit's TP matches (``accumulate``'s greedy matching:
+    predictions by descending score, each to the nearest free ground truth of its class within ``dist_th`` m
+    centre distance).
+
+    ``flip_rate[_<class>]``: share of matches whose heading is off by more than 90 degrees, i.e. a box facing
+    backwards (a coin-flip heading gives 0.5 whatever the axis accuracy; mAOE alone cannot tell a 180-degree
+    ambiguity from a spread of small errors). ``moving_speed_ratio``: mean predicted speed over mean true
+    speed of matches whose truth moves faster than ``moving_speed`` (0 = the velocity head predicts
+    "parked" for everything), ``moving_vel_err`` / ``static_vel_err``: their mean velocity L2 error (m/s).
+    Inputs are the devkit's filtered ``EvalBoxes`` (``DetectionEval.gt_boxes`` / ``.pred_boxes``).
+    """
+    from nuscenes.eval.common.utils import center_distance, yaw_diff
+
+    flips: dict[str, list[bool]] = {c: [] for c in class_names}
+    moving, static = [], []  # (true speed, predicted speed, velocity error)
+    for name in class_names:
+        preds = sorted((b for b in pred_boxes.all if b.detection_name == name), key=lambda b: -b.detection_score)
+        taken: set = set()
+        for p in preds:
+            best, best_d = None, np.inf
+            for i, g in enumerate(gt_boxes[p.sample_token]):
+                if g.detection_name == name and (p.sample_token, i) not in taken:
+                    d = center_distance(g, p)
+                    if d < best_d:
+                        best, best_d = i, d
+            if best is None or best_d >= dist_th:
+                continue
+            taken.add((p.sample_token, best))
+            g = gt_boxes[p.sample_token][best]
+            flips[name].append(bool(yaw_diff(g, p, period=2 * np.pi) > np.pi / 2))
+            vg, vp = np.asarray(g.velocity[:2], float), np.asarray(p.velocity[:2], float)
+            if np.all(np.isfinite(vg)) and np.all(np.isfinite(vp)):
+                speed = float(np.linalg.norm(vg))
+                (moving if speed > moving_speed else static).append(
+                    (speed, float(np.linalg.norm(vp)), float(np.linalg.norm(vp - vg))))
+    out: dict[str, float] = {}
+    everything = [f for name in class_names for f in flips[name]]
+    out["flip_rate"] = float(np.mean(everything)) if everything else float("nan")
+    out["flip_matches"] = float(len(everything))
+    for name in class_names:
+        out[f"flip_rate_{name}"] = float(np.mean(flips[name])) if flips[name] else float("nan")
+    m = np.asarray(moving, float).reshape(-1, 3)
+    s = np.asarray(static, float).reshape(-1, 3)
+    out["moving_matches"] = float(len(m))
+    out["moving_speed_ratio"] = float(m[:, 1].mean() / m[:, 0].mean()) if len(m) else float("nan")
+    out["moving_vel_err"] = float(m[:, 2].mean()) if len(m) else float("nan")
+    out["static_vel_err"] = float(s[:, 2].mean()) if len(s) else float("nan")
+    return out

@@ -62,6 +62,7 @@ class BilinearLiftConfig:
 class DetectionConfig:
     head_channels: int = 64
     top_k: int = 100
+    temporal_regression: bool = False  # the box branch also reads the aligned previous BEV (BEVDet4D-style pair)
 
 
 @dataclass

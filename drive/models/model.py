@@ -21,6 +21,7 @@ from drive.models.heads.map_seg import MapSegHead
 from drive.models.heads.motion import MotionHead
 from drive.models.heads.planning import PlanningHead
 from drive.models.neck import FPN
+from drive.models.temporal import mix_first_frame, warp_prev_bev
 from drive.models.view_transform_bevformer import BEVFormerViewTransform
 from drive.models.view_transform_lss import BilinearLiftViewTransform
 from drive.types import TensorContainer
@@ -101,7 +102,11 @@ class DrivingModel(nn.Module):
         """
         feats = self.encode_images(images)
         bev = self.view_transform(feats, ego2img, tuple(images.shape[-2:]), prev_bev, prev_T_cur, has_prev)
-        det = self.detection_head(bev)
+        aligned = None
+        if self.detection_head.temporal_regression:  # fixed at construction, never a data branch
+            warped = warp_prev_bev(prev_bev, prev_T_cur, self.view_transform.bev_range)
+            aligned = mix_first_frame(warped, bev, has_prev)  # first frame: the current map, i.e. no motion
+        det = self.detection_head(bev, aligned)
         map_logits = self.map_head(bev)
         motion = self.motion_head(bev, det.boxes, det.labels, det.scores)
         plan = self.planning_head(bev, command, ego_status, motion.agent_tokens, det.scores)

@@ -118,7 +118,7 @@ class ValidationMetrics:
         out_dir = os.path.join(self.out_dir, "detection" if rank == 0 else f"detection_rank{rank}")
         path = write_results(os.path.join(out_dir, "results.json"), self.det_results)
         m = evaluate_detection(self._nusc, path, self.split, out_dir)
-        keys = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
+        keys = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE", "flip_rate", "moving_speed_ratio")
         return {f"det_{k}": float(m[k]) for k in keys if k in m}
 
     def __getstate__(self) -> dict:  # never pickle the devkit tables

@@ -11,6 +11,7 @@ ego frame (``drive/types.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +75,16 @@ class CenterPointHead(nn.Module):
         bev_size, bev_range: the BEV grid the head runs on (see ``drive/types.py``).
         head_channels: hidden width of the shared conv and each branch.
         top_k: fixed number of decoded boxes K.
+        temporal_regression: the regression branch (offset, size, heading, velocity) reads the current map and
+            the previous frame's map aligned to the current ego frame, both through the shared conv, side by
+            side (BEVDet4D's two-frame concat, here only for the box branch). Velocity is a displacement between
+            two frames, and a moving object's heading is its direction of travel: the pair shows both
+            directly, where the temporal self-attention inside the encoder has to learn to carry them.
     """
 
     def __init__(self, in_channels: int = 64, bev_size: int = 50, bev_range: float = 51.2, head_channels: int = 64,
-                 top_k: int = 100, num_classes: int = len(CLASSES), num_attributes: int = len(ATTRIBUTES)) -> None:
+                 top_k: int = 100, num_classes: int = len(CLASSES), num_attributes: int = len(ATTRIBUTES),
+                 temporal_regression: bool = False) -> None:
         super().__init__()
         if top_k > num_classes * bev_size * bev_size:
             raise ValueError("top_k larger than the number of heatmap cells")
@@ -86,13 +93,22 @@ class CenterPointHead(nn.Module):
             nn.Conv2d(in_channels, head_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True)
         )
         self.heatmap = _branch(head_channels, head_channels, num_classes, bias_init=-2.19)  # CenterNet prior 0.1
-        self.regression = _branch(head_channels, head_channels, NUM_REG)
+        self.temporal_regression = temporal_regression
+        self.regression = _branch(head_channels * (2 if temporal_regression else 1), head_channels, NUM_REG)
         self.attribute = _branch(head_channels, head_channels, num_attributes)
         self.register_buffer("allowed_attrs", allowed_attributes()[:num_classes, :num_attributes], persistent=False)
 
-    def forward(self, bev_BCYX: Tensor) -> DetectionOutputs:
+    def forward(self, bev_BCYX: Tensor, aligned_prev_BCYX: Optional[Tensor] = None) -> DetectionOutputs:
+        """``aligned_prev_BCYX``: the previous BEV in the current ego frame (the current map itself on a first
+        frame); required when ``temporal_regression``, ignored otherwise."""
         x = self.shared(bev_BCYX)
-        heat, reg, attr = self.heatmap(x), self.regression(x), self.attribute(x)
+        if self.temporal_regression:  # fixed at construction
+            if aligned_prev_BCYX is None:
+                raise ValueError("CenterPointHead(temporal_regression=True) needs the aligned previous BEV")
+            reg = self.regression(torch.cat([x, self.shared(aligned_prev_BCYX)], dim=1))
+        else:
+            reg = self.regression(x)
+        heat, attr = self.heatmap(x), self.attribute(x)
         boxes, scores, labels, attrs = self.decode(heat, reg, attr)
         return DetectionOutputs(heat, reg, attr, boxes, scores, labels, attrs)
 
