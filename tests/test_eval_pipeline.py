@@ -98,3 +98,38 @@ def test_real_format_root_through_the_cli(realformat_root, tmp_path):
     assert m["map"]["drivable_iou"] is None and m["map"]["valid_samples"] == 0  # placeholder map
     assert math.isfinite(m["detection"]["NDS"]) and "amota" in m["tracking"]
     assert "model with ego status" in (out / "report.md").read_text()
+
+
+def test_bev_stream_links_frames_and_the_temporal_ablation_cuts_them():
+    """Each frame gets the BEV of the frame just run when it is that frame's successor; ``temporal=False``
+    (``eval.temporal=false``) runs every frame as a scene start."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from drive.evaluation.runner import BevStream
+
+    class Backend:
+        bev_shape = (2, 3, 3)
+
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, batch, prev_bev, has_prev):
+            self.seen.append((prev_bev.clone(), float(has_prev)))
+            return SimpleNamespace(bev=torch.full((1, 2, 3, 3), float(len(self.seen))))
+
+    def frames():  # scene A: a0 -> a1 -> a2; scene B: b0
+        for tok, prev in [("a0", ""), ("a1", "a0"), ("a2", "a1"), ("b0", "")]:
+            yield SimpleNamespace(meta=[SimpleNamespace(sample_token=tok, prev_token=prev)],
+                                  features=SimpleNamespace(has_prev=torch.tensor(float(prev != ""))))
+
+    for temporal, expected in [(True, [0.0, 1.0, 1.0, 0.0]), (False, [0.0] * 4)]:
+        backend = Backend()
+        stream = BevStream(backend, temporal)
+        for batch in frames():
+            stream(batch)
+        assert [h for _, h in backend.seen] == expected
+        assert stream.linked == int(sum(expected))
+        firsts = [p.flatten()[0].item() for p, _ in backend.seen]
+        assert firsts == ([0.0, 1.0, 2.0, 0.0] if temporal else [0.0] * 4)  # the BEV of the frame before

@@ -30,6 +30,6 @@ def options_from_config(cfg: DictConfig) -> EvalOptions:
         map_threshold=float(e.get("map_threshold", 0.5)), ego_mlp_steps=int(e.get("ego_mlp_steps", 3000)),
         num_cases=int(e.get("num_cases", 2)), draw_score_threshold=float(e.get("draw_score_threshold", 0.3)),
         render_curves=bool(e.get("render_curves", True)), gif_frames=int(e.get("gif_frames", 0)),
-        report=bool(e.get("report", True)),
+        report=bool(e.get("report", True)), temporal=bool(e.get("temporal", True)),
         resolved_config=OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
     )

@@ -79,6 +79,7 @@ class EvalOptions:
     draw_score_threshold: float = 0.3
     render_curves: bool = True
     gif_frames: int = 0  # > 0: animate the BEV of the first scene's first frames (figures/scene.gif)
+    temporal: bool = True  # False: every frame runs as a scene start (prev_bev = 0, has_prev = 0), an ablation
     report: bool = True
     resolved_config: dict = field(default_factory=dict)
 
@@ -192,7 +193,8 @@ def _evaluate(opts: EvalOptions, work: str) -> dict:
                           opts.plan_change_threshold, opts.map_threshold, opts.num_cases, opts.gif_frames)
     labeller = SituationLabeller(opts.root, opts.version)
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=opts.num_workers, collate_fn=collate)
-    streams = [BevStream(backend)] + ([BevStream(ego_backend)] if ego_backend is not None else [])
+    streams = [BevStream(backend, opts.temporal)] + ([BevStream(ego_backend, opts.temporal)]
+                                                     if ego_backend is not None else [])
     t_loop = time.time()
     infer_s = 0.0
     for i, batch in enumerate(loader):
@@ -270,12 +272,13 @@ def _evaluate_submission(nusc, opts: EvalOptions, work: str, t_start: float) -> 
 class BevStream:
     """Runs a backend frame by frame, feeding each frame the BEV of the frame before it in the same scene."""
 
-    def __init__(self, backend):
-        self.backend, self.bev, self.token, self.linked = backend, None, "", 0
+    def __init__(self, backend, temporal: bool = True):
+        self.backend, self.bev, self.token, self.linked, self.temporal = backend, None, "", 0, temporal
 
     def __call__(self, batch):
         meta, f = batch.meta[0], batch.features
-        linked = self.bev is not None and meta.prev_token != "" and meta.prev_token == self.token
+        linked = (self.temporal and self.bev is not None and meta.prev_token != ""
+                  and meta.prev_token == self.token)
         prev_bev = self.bev if linked else torch.zeros(1, *self.backend.bev_shape)
         has_prev = f.has_prev * float(linked)
         out = self.backend(batch, prev_bev, has_prev)
