@@ -36,7 +36,7 @@ def train_student(out_dir: str, steps: int, root: str) -> str:
         cfg = compose("train", overrides=[
             "experiment=edge", f"paths.output_dir={out_dir}", f"data.root={root}", f"trainer.max_steps={steps}",
             "trainer.max_epochs=-1", "trainer.limit_val_batches=0", "final_validation=false", "metrics=null",
-            "callbacks.bev_plot=null", "trainer.max_time=null"])
+            "callbacks.bev_plot=null", "callbacks.model_checkpoint=null", "trainer.max_time=null"])
     train(cfg)
     return last
 

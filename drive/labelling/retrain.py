@@ -41,7 +41,8 @@ def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out
         f"data.num_workers={rt.num_workers}", f"trainer.max_steps={rt.steps}", "trainer.max_epochs=-1",
         "trainer.limit_val_batches=0", "final_validation=false", "trainer.max_time=null",
         f"optimizer.lr={rt.lr}", f"scheduler.warmup_steps={rt.warmup_steps}", f"seed={cfg.seed}", "synth=null",
-        "callbacks.bev_plot=null", "metrics=null", f"+init_from={init_ckpt}", *rt.overrides]
+        "callbacks.bev_plot=null", "callbacks.model_checkpoint=null", "metrics=null",
+        f"+init_from={init_ckpt}", *rt.overrides]
     if os.path.isfile(last):
         overrides.append(f"ckpt_path={last}")
         log.info("resuming the interrupted fine-tuning from %s", last)
