@@ -81,6 +81,10 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     monkeypatch.setattr(retrain, "finetune", real_finetune)
     rep = loop.run_round("triggers", 1)
     assert calls["clips"] == mined_and_labelled  # nothing mined or relabelled again
+    from omegaconf import OmegaConf
+
+    train_cfg = OmegaConf.load(os.path.join(d, "train", "config.yaml"))
+    assert dict(train_cfg.temporal.repeat_scenes) == {"fleet": loop.cfg.retrain.fleet_repeat}  # fleet oversampled
     assert read_json(os.path.join(d, "review.json")) == review
     store_after = read_tables(loop.paths.store("triggers"), "v1.0-r1")
     assert store_after["sample_annotation"] == store_before["sample_annotation"]

@@ -183,3 +183,21 @@ def test_missing_default_world_is_generated_and_other_roots_are_not(tmp_path):
     other = make_cfg(tmp_path / "run", [f"data.root={tmp_path / 'elsewhere'}"])
     builders.ensure_world(other)  # not the synthetic world's root: left to the data module to report
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_resumable_sampler_repeats_items_with_their_own_augmentation_keys():
+    stride = ResumableSampler.REPEAT_EPOCH_STRIDE
+    s = ResumableSampler(5, shuffle=True, seed=7, repeats=[1, 3, 1, 2, 1])
+    s.set_epoch(2)
+    full = list(s)
+    assert len(s) == len(full) == 8
+    keys = sorted(full)
+    assert keys == sorted([(0, 2), (1, 2), (1, 2 + stride), (1, 2 + 2 * stride), (2, 2), (3, 2), (3, 2 + stride),
+                           (4, 2)])  # each copy of an item draws its own augmentation (its own epoch key)
+    s.resume(epoch=2, skip=3)
+    assert list(s) == full[3:]
+    plain, ones = ResumableSampler(5, shuffle=True, seed=7), ResumableSampler(5, shuffle=True, seed=7, repeats=[1] * 5)
+    assert list(plain) == list(ones)  # all-ones repeats = no repeats: the same order and keys
+    for bad in ([1, 1], [1, 0, 1, 1, 1]):
+        with pytest.raises(ValueError, match="repeats"):
+            ResumableSampler(5, shuffle=True, seed=7, repeats=bad)

@@ -2,6 +2,8 @@
 validation, EMA, metrics on hand-made outputs."""
 from __future__ import annotations
 
+from collections import Counter
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from drive.data.augment import mirrored_camera_order
 from drive.training import builders
-from drive.training.temporal import ResumableSampler, TemporalBatch, collate_history, relative_pose
+from drive.training.temporal import ResumableSampler, TemporalDataModule, TemporalBatch, collate_history, relative_pose
 from drive.types import CAMERAS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -209,6 +211,28 @@ def test_datamodule_resume_state_points_at_the_next_batch(tiny_run):
     assert sampler.epoch == 2 and list(sampler) == order_epoch2
     sampler = dm.train_dataloader().sampler  # no pending resume: a plain loader
     assert sampler.epoch == 0 and len(list(sampler)) == len(dm.train_set)
+
+
+def test_repeat_scenes_oversamples_the_scenes_it_names(tiny_run):
+    """temporal.repeat_scenes (the labelling loop's fleet_repeat): a scene-name prefix -> appearances per epoch."""
+    _, run = tiny_run
+    data = run.datamodule.data
+    names = data.train_scene_names
+    assert len(names) == len(data.train_set) and len(set(names)) >= 2
+    first = names[0]
+    dm = TemporalDataModule(data, history_frames=1, repeat_scenes={first: 3})
+    dm.setup("fit")
+    reps = dm.repeats()
+    assert reps.tolist() == [3 if n == first else 1 for n in names]
+    sampler = dm.train_dataloader().sampler
+    counts = Counter(i for i, _ in sampler)
+    assert all(counts[i] == (3 if n == first else 1) for i, n in enumerate(names))
+    copy_key = next((i, e) for i, e in sampler if e >= ResumableSampler.REPEAT_EPOCH_STRIDE)
+    history, current = dm.train_set[copy_key]  # a repeated copy loads, with its own augmentation draw
+    assert current[0].images.shape == dm.train_set[(copy_key[0], 0)][1][0].images.shape
+    assert TemporalDataModule(data, history_frames=1).repeats() is None
+    with pytest.raises(ValueError, match="repeat_scenes"):
+        TemporalDataModule(data, history_frames=1, repeat_scenes={first: 0})
 
 
 def test_init_from_starts_from_the_checkpoint_weights(synth_world, tmp_path):

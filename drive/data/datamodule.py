@@ -93,6 +93,7 @@ class DrivingDataModule(L.LightningDataModule):
         self.config = _as_config(config, dict(overrides))
         self.train_set: Optional[NuScenesDrivingDataset] = None
         self.val_set: Optional[NuScenesDrivingDataset] = None
+        self.train_scene_names: list[str] = []  # scene name of every train item (set by ``setup``)
 
     def _dataset(self, split: Optional[str], train: bool, nusc, table) -> NuScenesDrivingDataset:
         c = self.config
@@ -113,6 +114,8 @@ class DrivingDataModule(L.LightningDataModule):
         table = AnnotationTable.from_nusc(nusc) if self.config.with_targets else None
         if want_train:
             self.train_set = self._dataset(self.config.train_split, True, nusc, table)
+            self.train_scene_names = [nusc.get("scene", self.train_set.record(i).scene_token)["name"]
+                                      for i in range(len(self.train_set))]
         if want_val:
             self.val_set = self._dataset(self.config.val_split, False, nusc, table)
 

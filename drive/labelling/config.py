@@ -83,10 +83,11 @@ class RetrainConfig:
     """Fine-tuning of the edge model on the round's store version (drive-train with init_from)."""
 
     steps: int = 120
-    lr: float = 2.0e-4
+    lr: float = 5.0e-5
     batch_size: int = 2
     warmup_steps: int = 10
     num_workers: int = 1
+    fleet_repeat: int = 8  # each uploaded fleet keyframe appears this often per epoch (the base world once)
     overrides: list = field(default_factory=list)  # more drive-train overrides
 
 

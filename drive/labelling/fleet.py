@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FLEET_VERSION = "v1.0-fleet"
 FLEET_SPLIT = "fleet"
+FLEET_SCENE_PREFIX = "fleet"  # every fleet scene name starts with it (the base world's never do)
 LONGTAIL_SPLIT = "longtail_val"
 FLEET_MARKER = "fleet.json"
 LONGTAIL_MARKER = "longtail.json"
@@ -175,7 +176,7 @@ def generate_fleet(truth_root: str, round_index: int, scenes: int, seed: int, wi
 
     def build(world: str) -> dict:
         generate_world(world, scenes=scenes, seed=seed, width=width, height=height, workers=workers, knobs=wk,
-                       keyframes=keyframes, scene_prefix=f"fleet{int(round_index):02d}", all_split="train")
+                       keyframes=keyframes, scene_prefix=f"{FLEET_SCENE_PREFIX}{int(round_index):02d}", all_split="train")
         names = [s["name"] for s in read_table(world, TRUTH_VERSION, "scene")]
         splits = read_json(os.path.join(world, TRUTH_VERSION, "splits.json"), "splits file")
         write_json(os.path.join(world, TRUTH_VERSION, "splits.json"), {**splits, FLEET_SPLIT: names})

@@ -15,6 +15,7 @@ import torch
 
 from .config import LoopConfig
 from .errors import LabellingError
+from .fleet import FLEET_SCENE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out
         "trainer.limit_val_batches=0", "final_validation=false", "trainer.max_time=null",
         f"optimizer.lr={rt.lr}", f"scheduler.warmup_steps={rt.warmup_steps}", f"seed={cfg.seed}", "synth=null",
         "callbacks.bev_plot=null", "callbacks.model_checkpoint=null", "metrics=null",
-        f"+init_from={init_ckpt}", *rt.overrides]
+        f"+init_from={init_ckpt}", f"+temporal.repeat_scenes.{FLEET_SCENE_PREFIX}={int(rt.fleet_repeat)}",
+        *rt.overrides]
     if os.path.isfile(last):
         overrides.append(f"ckpt_path={last}")
         log.info("resuming the interrupted fine-tuning from %s", last)

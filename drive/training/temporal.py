@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional
+from typing import Iterator, Mapping, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -52,12 +52,24 @@ class ResumableSampler(Sampler):
     Order: ``randperm`` seeded by ``seed * 100_003 + epoch`` (shuffle) or ``0..n-1``; padded by
     wrapping to a multiple of the world size; rank ``r`` takes ``order[r::world]``.
     ``resume(epoch, skip)``: the next iteration over ``epoch`` starts after its first ``skip`` items.
+    ``repeats`` (one count >= 1 per item): item ``i`` appears ``repeats[i]`` times per epoch (oversampling);
+    copy ``c > 0`` is keyed with epoch ``epoch + c * REPEAT_EPOCH_STRIDE`` so it draws its own augmentation.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int):
+    REPEAT_EPOCH_STRIDE = 1_000_003
+
+    def __init__(self, n: int, shuffle: bool, seed: int, repeats: Optional[Sequence[int]] = None):
         if seed is None:
             raise ValueError("ResumableSampler needs a seed (set data.augment.seed) for a reproducible order")
-        self.n, self.shuffle, self.seed, self.epoch = int(n), bool(shuffle), int(seed), 0
+        n = int(n)
+        reps = np.ones(n, np.int64) if repeats is None else np.asarray(repeats, np.int64).reshape(-1)
+        if len(reps) != n or (n and reps.min() < 1):
+            raise ValueError(f"repeats must hold one count >= 1 per item ({n} items), got {len(reps)} counts "
+                             f"with minimum {reps.min() if len(reps) else None}")
+        # (item, copy) of every slot of an epoch; without repeats the slots are 0..n-1, copy 0
+        self._items = np.repeat(np.arange(n), reps)
+        self._copies = np.concatenate([np.arange(r) for r in reps]) if n else np.zeros(0, np.int64)
+        self.n, self.shuffle, self.seed, self.epoch = len(self._items), bool(shuffle), int(seed), 0
         self._resume: Optional[tuple[int, int]] = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -86,7 +98,8 @@ class ResumableSampler(Sampler):
         if self._resume is not None and self._resume[0] == self.epoch:
             mine = mine[self._resume[1]:]
         self._resume = None
-        return iter([(i, self.epoch) for i in mine])
+        stride = self.REPEAT_EPOCH_STRIDE
+        return iter([(int(self._items[j]), self.epoch + int(self._copies[j]) * stride) for j in mine])
 
 
 class HistoryDataset(Dataset):
@@ -195,13 +208,18 @@ class TemporalDataModule(L.LightningDataModule):
     rank-sharded sampler; validation in temporal order, one frame per batch (the system carries
     the previous BEV from step to step)."""
 
-    def __init__(self, data: DrivingDataModule, history_frames: int = 1):
+    def __init__(self, data: DrivingDataModule, history_frames: int = 1,
+                 repeat_scenes: Optional[Mapping[str, int]] = None):
         super().__init__()
         if not isinstance(data, DrivingDataModule):
             raise TypeError(f"TemporalDataModule wraps a DrivingDataModule, got {type(data).__name__}")
         if data.config.augment.seed is None:
             raise ValueError("data.augment.seed must be set: training order and augmentation are seeded")
         self.data, self.history_frames = data, int(history_frames)
+        self.repeat_scenes = {str(k): int(v) for k, v in (repeat_scenes or {}).items()}
+        bad = {k: v for k, v in self.repeat_scenes.items() if v < 1}
+        if bad:
+            raise ValueError(f"temporal.repeat_scenes: repeat counts must be >= 1, got {bad}")
         self.train_set: Optional[HistoryDataset] = None
         self._epoch, self._consumed = -1, 0
         self._resume: Optional[tuple[int, int]] = None
@@ -222,11 +240,21 @@ class TemporalDataModule(L.LightningDataModule):
         if self.data.train_set is not None and self.train_set is None:
             self.train_set = HistoryDataset(self.data.train_set, self.history_frames)
 
+    def repeats(self) -> Optional[np.ndarray]:
+        """Per train item: how often it appears per epoch (``repeat_scenes``: scene-name prefix -> count; the
+        largest matching count wins, unmatched scenes appear once). ``None`` without ``repeat_scenes``."""
+        if not self.repeat_scenes:
+            return None
+        names = self.data.train_scene_names
+        if len(names) != len(self.train_set):
+            raise RuntimeError("temporal.repeat_scenes needs the scene name of every train item (DrivingDataModule.setup)")
+        return np.array([max([v for k, v in self.repeat_scenes.items() if n.startswith(k)], default=1) for n in names])
+
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
         c = self.config
-        sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=c.augment.seed)
+        sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=c.augment.seed, repeats=self.repeats())
         if self._resume is not None:
             # Lightning creates the first iterator before it calls set_epoch (and, on resume, before it restores
             # the loops), and workers prefetch indices right then: set the resumed epoch here.
