@@ -40,7 +40,7 @@ class FleetConfig:
 
 @dataclass
 class LongtailValConfig:
-    scenes: int = 3
+    scenes: int = 10  # 3 scenes (48 keyframes) swung NDS by 0.025 under a fine-tune with no new data
     keyframes: int = 16
     width: int = 400
     height: int = 225
