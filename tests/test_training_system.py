@@ -186,7 +186,11 @@ def test_ema_tracks_the_model_and_is_used_for_validation(synth_world, tmp_path):
     with torch.no_grad():
         p0.add_(2.0)
     system.ema.update_parameters(system.model)
-    assert torch.allclose(next(system.ema.module.parameters()), p0 - 1.0)  # 0.5 * old + 0.5 * new
+    d = 2.0 / 11.0  # update 1 after the copy: min(0.5, (1 + 1) / (10 + 1)), the decay's warm-up
+    assert torch.allclose(next(system.ema.module.parameters()), p0 - 2.0 * d)  # d * old + (1 - d) * new
+    from drive.training.ema import warmed_decay
+
+    assert warmed_decay(0.999, 1000) == pytest.approx(1001 / 1010) and warmed_decay(0.999, 10**6) == 0.999
     from drive.training.optim import parameter_groups
 
     grouped = {id(p) for g in parameter_groups(system.model, 0.01) for p in g["params"]}
