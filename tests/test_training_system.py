@@ -3,7 +3,6 @@ validation, EMA, metrics on hand-made outputs."""
 from __future__ import annotations
 
 from collections import Counter
-
 from dataclasses import replace
 from pathlib import Path
 
