@@ -238,14 +238,3 @@ def ensure_world(cfg: DictConfig) -> None:
     log.info("no data at %s/%s: generating the synthetic world (a few minutes)", root, version)
     generate = _partial_of(instantiate(cfg.synth, _convert_="all"), "synth")
     generate()
-
-
-def model_from_checkpoint(path: str, use_ema: bool = True) -> DrivingModel:
-    """Rebuild the model from the config saved in a checkpoint and load its weights (EMA ones if present)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = OmegaConf.create(ckpt["hyper_parameters"])
-    model = build_model(cfg)
-    state = ckpt["state_dict"]
-    prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in state) else "model."
-    model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    return model.eval()
