@@ -4,10 +4,9 @@ The ego query is a learned embedding plus a command embedding (one plan conditio
 command, not one plan per command). Ego status (speed, acceleration, yaw rate) enters only
 when ``use_ego_status`` is True; it is off by default because an ego-status shortcut alone
 already matches full stacks on open-loop L2 ("Is Ego Status All You Need?"), so ablations
-must be able to switch it. With it on, the status (scaled to order one by fixed constants, as the
-ego-status MLP baseline standardises its inputs) is embedded and handed with the command embedding
-straight to the waypoint decoder (a skip past the attention layers, as in AD-MLP), so the head holds
-the whole ego-status MLP baseline and the BEV / agent context only has to refine it.
+must be able to switch it. With it on, the status embedding is also handed straight to the waypoint
+decoder (a skip past the attention layers, as in AD-MLP), so the head can at least learn the
+ego-status MLP baseline and the BEV / agent context only has to refine it.
 Waypoints are cumulative ``(x, y)`` in the current ego frame.
 """
 from __future__ import annotations
@@ -18,9 +17,6 @@ from torch import Tensor, nn
 from drive.models.attention import FFN, MLP, MultiHeadAttention
 from drive.models.heads.motion import BEVTokens, score_bias
 from drive.types import COMMANDS, FUTURE_STEPS
-
-# ego status (speed m/s, longitudinal acceleration m/s^2, yaw rate rad/s) -> order one (typical urban spreads)
-STATUS_SCALE = (0.1, 0.5, 2.0)
 
 
 class PlanningLayer(nn.Module):
@@ -48,25 +44,21 @@ class PlanningHead(nn.Module):
         self.ego_query = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
         self.command_embed = nn.Embedding(num_commands, embed_dim)
         self.ego_status_embed = MLP(ego_status_dim, embed_dim, embed_dim) if use_ego_status else None
-        scale = torch.ones(ego_status_dim)
-        scale[:len(STATUS_SCALE)] = torch.tensor(STATUS_SCALE[:ego_status_dim])
-        self.register_buffer("status_scale", scale, persistent=False)
         self.bev_tokens = BEVTokens(embed_dim, bev_size, bev_range, kv_stride)
         self.layers = nn.ModuleList(PlanningLayer(embed_dim, num_heads) for _ in range(num_layers))
-        self.decoder = MLP(embed_dim * (3 if use_ego_status else 1), embed_dim, future_steps * 2)
+        self.decoder = MLP(embed_dim * (2 if use_ego_status else 1), embed_dim, future_steps * 2)
 
     def forward(self, bev_BCYX: Tensor, command_B: Tensor, ego_status_B3: Tensor, agent_tokens_BAC: Tensor,
                 agent_scores_BA: Tensor) -> Tensor:
-        command = self.command_embed(command_B)
-        ego = self.ego_query + command[:, None, :]
+        ego = self.ego_query + self.command_embed(command_B)[:, None, :]
         status = None
         if self.ego_status_embed is not None:  # a config switch, fixed at construction
-            status = self.ego_status_embed(ego_status_B3 * self.status_scale)
+            status = self.ego_status_embed(ego_status_B3)
             ego = ego + status[:, None, :]
         bev_val, bev_key = self.bev_tokens(bev_BCYX)
         bias = score_bias(agent_scores_BA)
         for layer in self.layers:
             ego = layer(ego, agent_tokens_BAC, bias, bev_val, bev_key)
-        features = ego[:, 0] if status is None else torch.cat([ego[:, 0], status, command], dim=-1)
+        features = ego[:, 0] if status is None else torch.cat([ego[:, 0], status], dim=-1)
         deltas = self.decoder(features).view(-1, self.future_steps, 2)
         return deltas.cumsum(dim=1)
