@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from drive.evaluation.checkpoint import load_model
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,9 +57,8 @@ def test_run_writes_config_logs_checkpoints_picture_and_resumes(synth_world, tmp
     # checkpoints load without pickle, and carry the config to rebuild the model
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4 and ckpt["hyper_parameters"]["model"]["embed_dim"] == 32
-    from drive.training.builders import model_from_checkpoint
-
-    model = model_from_checkpoint(str(run / "checkpoints" / "last.ckpt"))
+    model, _, meta = load_model(str(run / "checkpoints" / "last.ckpt"))
+    assert meta.weights == "model" and meta.global_step == 4
     assert all(torch.equal(v, ckpt["state_dict"]["model." + k]) for k, v in model.state_dict().items())
 
     # resume: one more epoch from last.ckpt in the same run directory
