@@ -32,7 +32,8 @@ from drive.deploy.accuracy import accuracy_deltas, evaluate_precisions  # noqa: 
 from drive.deploy.calibration import frame_source  # noqa: E402
 from drive.deploy.chips import ESTIMATE_NOTE, fastbev_backbone_check, load_catalogue  # noqa: E402
 from drive.deploy.export import export_onnx, parity, split_batch  # noqa: E402
-from drive.deploy.quantize import compare_to_reference, quantize_int8, take_samples, temporal_inputs, to_fp16  # noqa: E402
+from drive.deploy.fidelity import compare_to_reference  # noqa: E402
+from drive.deploy.quantize import quantize_int8, take_samples, temporal_inputs, to_fp16  # noqa: E402
 from drive.evaluation.checkpoint import load_model  # noqa: E402
 from drive.deploy.report import ProfileSubject, jsonable, run_profile  # noqa: E402
 from drive.models import INPUT_NAMES, build_model, edge_config  # noqa: E402

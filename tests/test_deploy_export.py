@@ -37,7 +37,8 @@ from drive.deploy.command import run_export
 from drive.deploy.export import (FORBIDDEN_OPS, OUTPUT_NAMES, DeployError, atomic_path, default_example, export_onnx,
                                  parity, split_batch)
 from drive.deploy.profile import graph_costs, stage_flops
-from drive.deploy.quantize import CalibrationError, compare_to_reference, quantize_int8, temporal_inputs, to_fp16
+from drive.deploy.fidelity import compare_to_reference, detection_agreement
+from drive.deploy.quantize import CalibrationError, quantize_int8, temporal_inputs, to_fp16
 from drive.deploy.report import ProfileSubject, run_profile
 from drive.evaluation.backends import OnnxBackend
 from drive.models import INPUT_NAMES
@@ -270,7 +271,6 @@ def test_a_peak_tied_with_its_neighbour_is_not_decisive() -> None:
     """Hand case: a clear peak, a peak 0.005 (logit) above its neighbour, and the cut-off peak. The variant lets
     the neighbour overtake, so the tied detection moves one cell (2 m): it is missed but not decisive (its
     score is far above the cut-off, but not above its neighbour); the clear peak is decisive and found."""
-    from drive.deploy.quantize import detection_agreement
 
     logits = np.full((1, 1, 5, 5), -4.0)
     logits[0, 0, 2, 2] = 3.0  # clear peak

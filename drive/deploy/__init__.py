@@ -5,8 +5,9 @@ The model stays plain PyTorch; everything here wraps a built ``DrivingModel`` + 
 * ``export``   ``export_onnx`` (static batch-1 graph, default ONNX domain, atomic write), ``parity``,
                ``run_export`` / ``add_export_arguments`` / ``export_command`` for ``drive export``.
 * ``quantize`` ``to_fp16``, ``quantize_int8`` (QDQ, calibrated; sensitive ops kept float, with a
-               report), ``compare_to_reference``, ``temporal_inputs`` (calibration frames with the
-               model's own ``prev_bev``).
+               report), ``temporal_inputs`` (calibration frames with the model's own ``prev_bev``).
+* ``fidelity`` ``compare_to_reference``: a variant against the fp32 graph (output errors, detection
+               agreement, plan deviation).
 * ``profile``  host measurement: latency percentiles, peak RSS, params / FLOPs / bytes per stage,
                onnxruntime per-operator profile, matmul probe, host roofline.
 * ``chips``    catalogue (``configs/deploy/chips.yaml``) and per-stage roofline ESTIMATES.
@@ -21,7 +22,8 @@ from drive.deploy.chips import UnknownTargetError, estimate, get_targets, load_c
 from drive.deploy.card import write_model_card
 from drive.deploy.command import run_export
 from drive.deploy.export import DeployError, export_onnx, parity
-from drive.deploy.quantize import CalibrationError, compare_to_reference, quantize_int8, temporal_inputs, to_fp16
+from drive.deploy.fidelity import compare_to_reference
+from drive.deploy.quantize import CalibrationError, quantize_int8, temporal_inputs, to_fp16
 from drive.deploy.report import ProfileSubject, run_profile
 
 __all__ = ["DeployError", "CalibrationError", "UnknownTargetError", "export_onnx", "parity", "run_export", "to_fp16",

@@ -80,7 +80,8 @@ def _export_into(out_dir: str, model: DrivingModel, config: ModelConfig, meta: d
                  calib: Optional[list], held_out: Optional[list], calib_iter_factory, calib_samples: int, opset: int,
                  parity_frames: int) -> dict:
     from drive.deploy.card import write_model_card
-    from drive.deploy.quantize import compare_to_reference, quantize_int8, take_samples, to_fp16
+    from drive.deploy.fidelity import compare_to_reference
+    from drive.deploy.quantize import quantize_int8, take_samples, to_fp16
 
     if calib is not None:
         parity_inputs = held_out or calib[:parity_frames]
