@@ -36,6 +36,8 @@ def test_ground_truth_scores_perfect_motion_planning_and_map(oracle):
             for h in (1, 2, 3):
                 assert pl["methods"][method][f"l2_{h}s_{conv}"] == pytest.approx(0, abs=1e-6)
                 assert pl["methods"][method][f"collision_{h}s_{conv}"] == 0
+        assert pl["methods"][method]["speed_mae_mps"] == pytest.approx(0, abs=1e-6)
+        assert pl["methods"][method]["speed_count"] >= pl["methods"][method]["count_1s_per_step"] > 0
     # the camera-free baselines sit beside it, in both conventions, and are not perfect
     for method in ("ego_mlp", "constant_velocity", "straight_line"):
         assert pl["methods"][method]["l2_3s_per_step"] > pl["methods"][method]["l2_3s_averaged"] > 0
@@ -67,6 +69,7 @@ def test_outputs_are_complete_and_nothing_partial_is_left(oracle):
     report = (out / "report.md").read_text()
     for fig in ("figures/pr_car.png", "figures/l2_horizon.png", "figures/case_worst_1_bev.png"):
         assert fig in report
+    assert "| model: planning head | 0.00 | 0.00 | 1.00 |" in report  # the initial-speed table, GT plans
     with open(out / "metrics.json") as f:
         saved = json.load(f)  # strict JSON (NaN written as null)
     assert saved["detection"]["NDS"] == pytest.approx(1.0)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from drive.metrics.planning import (agents_future_boxes, boxes_overlap_bev, collision_rates, ego_boxes, offroad_rates,
-                                    plan_collisions, plan_l2, plan_offroad, planning_metrics, yaw_from_trajectory)
+from drive.metrics.planning import (agents_future_boxes, boxes_overlap_bev, collision_rates, ego_boxes,
+                                    initial_speed_agreement, offroad_rates, plan_collisions, plan_l2, plan_offroad,
+                                    planning_metrics, yaw_from_trajectory)
 
 STRAIGHT = np.stack([np.arange(1, 7) * 2.5, np.zeros(6)], axis=1)[None]  # (1, 6, 2): 5 m/s along +x
 
@@ -47,6 +48,28 @@ def test_l2_samples_with_invalid_steps_are_left_out_of_that_horizon_only():
     assert out["count_3s_per_step"] == 1 and out["count_1s_averaged"] == 2
     none = plan_l2(pred, gt, np.zeros((2, 6), bool))
     assert math.isnan(none["l2_1s_per_step"]) and math.isnan(none["l2_avg_averaged"])
+
+
+def test_initial_speed_agreement_hand_case():
+    # GT: 10, 5 and 0 m/s straight ahead (waypoint 1 at 5, 2.5, 0 m); the plan always drives 5 m/s (2.5 m in 0.5 s),
+    # sideways in the first sample (the speed, not the direction, is compared)
+    t = np.arange(1, 7)[:, None] * np.array([[1.0, 0.0]])
+    gt = np.stack([5.0 * t, 2.5 * t, 0.0 * t])
+    pred = np.stack([2.5 * t[:, ::-1], 2.5 * t, 2.5 * t])
+    m = initial_speed_agreement(pred, gt)
+    assert m["speed_mae_mps"] == pytest.approx((5.0 + 0.0 + 5.0) / 3)
+    assert m["speed_bias_mps"] == pytest.approx((-5.0 + 0.0 + 5.0) / 3)
+    assert math.isnan(m["speed_corr"])  # a constant plan speed has no correlation
+    assert m["speed_count"] == 3
+    # a plan at half the GT speed correlates perfectly and is biased by -half the mean speed
+    m = initial_speed_agreement(0.5 * gt, gt)
+    assert m["speed_corr"] == pytest.approx(1.0)
+    assert m["speed_bias_mps"] == pytest.approx(-0.5 * 5.0)
+    # a sample whose first GT waypoint is invalid is left out
+    mask = np.ones((3, 6), bool)
+    mask[0, 0] = False
+    m = initial_speed_agreement(pred, gt, mask)
+    assert m["speed_count"] == 2 and m["speed_mae_mps"] == pytest.approx(2.5)
 
 
 def test_yaw_from_trajectory():

@@ -22,8 +22,8 @@ from drive.metrics.detection import boxes_to_nusc
 from drive.metrics.map import drivable_iou_counts, iou_from_counts
 from drive.metrics.motion import (concat_matched, constant_velocity_future, gather_matched_motion,
                                   match_predictions_to_gt, min_ade_fde)
-from drive.metrics.planning import (agents_future_boxes, collision_rates, offroad_rates, plan_collisions, plan_l2,
-                                    plan_l2_errors, plan_offroad)
+from drive.metrics.planning import (agents_future_boxes, collision_rates, initial_speed_agreement, offroad_rates,
+                                    plan_collisions, plan_l2, plan_l2_errors, plan_offroad)
 from drive.models.model import ModelOutputs
 from drive.types import Batch, FUTURE_STEPS
 
@@ -160,7 +160,9 @@ class EvalAccumulator:
         map_valid = np.asarray(self.map_valid)[select]
         out = {}
         for name in self.methods():
-            m = plan_l2(np.stack(self.plans[name])[select], gt, mask)
+            plans = np.stack(self.plans[name])[select]
+            m = plan_l2(plans, gt, mask)
+            m.update(initial_speed_agreement(plans, gt, mask))
             m.update(collision_rates(np.stack(self.collisions[name])[select], mask))
             m.update(offroad_rates(np.stack(self.offroad[name])[select], map_valid, mask))
             out[name] = m

@@ -265,6 +265,11 @@ def _planning_md(pl: dict, figs: dict) -> str:
     s += (f"Feasibility layer: changed the plan (max waypoint displacement > {pl['plan_change_threshold_m']:g} m) on "
           f"{_f(pl['plan_change_rate'], 1, 100)} % of the samples (mean displacement "
           f"{_f(pl['plan_change_mean_m'], 3)} m).\n\n")
+    rows = [[METHOD_LABELS.get(name, name), _f(m.get("speed_mae_mps"), 2), _f(m.get("speed_bias_mps"), 2),
+             _f(m.get("speed_corr"), 2)] for name, m in pl["methods"].items() if name != "gt_future"]
+    s += ("Does the plan start at the ego's speed? Speed over the first 0.5 s of each plan against the GT future's "
+          "(a planner without ego status must read it off the cameras):\n\n"
+          + _table(["method", "speed error [m/s]", "bias [m/s]", "correlation r"], rows) + "\n")
     if "l2" in figs:
         s += f"![L2 over the horizon]({figs['l2']})\n\n"
     s += f"### By driving situation (source: {pl.get('situation_source', '?')})\n\n"

@@ -78,6 +78,30 @@ def plan_l2(pred, gt, mask=None) -> dict[str, float]:
     return out
 
 
+def initial_speed_agreement(pred, gt, mask=None) -> dict[str, float]:
+    """Does a plan start at the ego's real speed? The speed each plan implies over its first 0.5 s
+    (distance to waypoint 1 x 2 Hz) against the GT future's, over samples whose waypoint 1 is valid.
+
+    A planner that sees no ego status must read its speed off the cameras; when it cannot, its L2 grows with
+    every step. Returns ``speed_mae_mps`` (mean absolute difference), ``speed_bias_mps`` (mean of plan - GT),
+    ``speed_corr`` (Pearson r; NaN with fewer than 2 samples or a constant speed) and ``speed_count``.
+    """
+    pred, gt = to_numpy(pred, np.float64), to_numpy(gt, np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"plan shapes differ: pred {pred.shape} vs gt {gt.shape}")
+    ok = np.ones(gt.shape[0], bool) if mask is None else to_numpy(mask).astype(bool)[:, 0]
+    v_pred = np.linalg.norm(pred[ok, 0, :2], axis=-1) * STEPS_PER_S
+    v_gt = np.linalg.norm(gt[ok, 0, :2], axis=-1) * STEPS_PER_S
+    n = int(ok.sum())
+    if n == 0:
+        return {"speed_mae_mps": float("nan"), "speed_bias_mps": float("nan"), "speed_corr": float("nan"),
+                "speed_count": 0.0}
+    spread = v_pred.std() > 1e-9 and v_gt.std() > 1e-9
+    corr = float(np.corrcoef(v_pred, v_gt)[0, 1]) if n >= 2 and spread else float("nan")
+    return {"speed_mae_mps": float(np.abs(v_pred - v_gt).mean()), "speed_bias_mps": float((v_pred - v_gt).mean()),
+            "speed_corr": corr, "speed_count": float(n)}
+
+
 # ------------------------------------------------------------------------------------------ ego footprint
 def yaw_from_trajectory(traj, min_displacement: float = MIN_YAW_DISPLACEMENT) -> np.ndarray:
     """Heading ``(N, T)`` of each waypoint of ``(N, T, 2)`` plans starting at the origin with yaw 0.
