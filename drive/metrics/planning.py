@@ -294,9 +294,10 @@ def offroad_rates(flags, map_valid=None, valid=None) -> dict[str, float]:
 
 def planning_metrics(pred, gt, gt_mask, agents_boxes=None, agents_mask=None, pred_yaw=None,
                      drivable=None, bev_range: Optional[float] = None, map_valid=None) -> dict[str, float]:
-    """All planning metrics of a data set in one dict: L2, collision (if agents given), off-road (if a raster
-    is given). Collision and off-road steps count where the GT ego waypoint is valid (``gt_mask``)."""
+    """All planning metrics of a data set in one dict: L2, initial speed, collision (if agents given), off-road (if
+    a raster is given). Collision and off-road steps count where the GT ego waypoint is valid (``gt_mask``)."""
     out = plan_l2(pred, gt, gt_mask)
+    out.update(initial_speed_agreement(pred, gt, gt_mask))
     if agents_boxes is not None:
         out.update(collision_rates(plan_collisions(pred, pred_yaw, agents_boxes, agents_mask), gt_mask))
     if drivable is not None:
