@@ -7,6 +7,7 @@
     drive-train ckpt_path=outputs/mine/checkpoints/last.ckpt hydra.run.dir=outputs/mine   # resume
     drive-train -m optimizer.lr=1e-3,3e-4         # sweep
     drive-train trainer=ddp                       # 2 processes, gloo on CPU
+    drive-train experiment=plan_stage init_from=RUN/checkpoints/last.ckpt   # retrain the planning head only
 """
 from __future__ import annotations
 

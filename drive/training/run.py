@@ -31,7 +31,14 @@ def save_resolved_config(cfg: DictConfig, out_dir: str) -> str:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    stage = cfg.get("stage", "full")
+    if stage not in ("full", "planning"):
+        raise ValueError(f"stage must be 'full' or 'planning', got {stage!r}")
     builders.ensure_world(cfg)
+    if stage == "planning":  # retrain the planning head on the frozen init_from model (plan_stage.py)
+        from .plan_stage import train_planner
+
+        return train_planner(cfg)
     save_resolved_config(cfg, cfg.paths.output_dir)
     run = builders.build_run(cfg)
     trainer, system = run.trainer, run.system
