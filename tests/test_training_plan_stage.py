@@ -15,8 +15,10 @@ from drive.evaluation.checkpoint import load_model
 from drive.evaluation.runner import BevStream
 from drive.losses import LossConfig
 from drive.models import build_model, tiny_config
+from drive.data.datamodule import DataConfig
 from drive.training.plan_stage import (HEAD, PlannerStage, PlanStageConfig, build_stage_model,
-                                       collect_planner_inputs, holdout_rows)
+                                       collect_planner_inputs, holdout_rows, mirrored_split)
+from drive.types import COMMANDS
 from eval_fixtures import write_checkpoint
 from test_training_cli import drive_train, tiny
 
@@ -79,6 +81,26 @@ def test_cached_inputs_reproduce_the_models_plan(synth_world):
     assert torch.equal(inputs.ego_future, torch.stack([ds[i][1].ego_future for i in range(len(ds))]))
 
 
+def test_mirrored_train_frames_are_the_recorded_ones_mirrored(synth_world):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_model(cfg).eval()
+    inputs, scenes = collect_planner_inputs(model, tiny_dataset(synth_world, "mini_val"))
+    data_cfg = DataConfig(root=synth_world, image_size=cfg.image_hw, map_size=cfg.map.map_size, num_workers=0)
+    mirrored, mirrored_scenes = collect_planner_inputs(model, mirrored_split(data_cfg, "mini_val"))
+    assert mirrored_scenes == scenes
+    flip = torch.tensor([1.0, -1.0])
+    assert torch.allclose(mirrored.ego_future, inputs.ego_future * flip, atol=1e-5)
+    assert torch.allclose(mirrored.ego_status, inputs.ego_status * torch.tensor([1.0, 1.0, -1.0]), atol=1e-6)
+    left, right = COMMANDS.index("left"), COMMANDS.index("right")
+    swapped = inputs.command.clone()
+    swapped[inputs.command == left], swapped[inputs.command == right] = right, left
+    assert torch.equal(mirrored.command, swapped)
+    assert torch.equal(mirrored.drivable, torch.flip(inputs.drivable, dims=[1]))  # rows are y
+    assert torch.allclose(mirrored.future, inputs.future * flip, atol=1e-5)
+    assert not torch.allclose(mirrored.bev.float(), inputs.bev.float())  # the model saw mirrored cameras
+
+
 def test_head_training_step_reaches_every_head_parameter_and_lowers_the_loss(synth_world):
     torch.manual_seed(0)
     cfg = tiny_config()
@@ -105,10 +127,11 @@ def test_drive_train_plan_stage_writes_a_checkpoint_drive_eval_reads(synth_world
     run = tmp_path / "stage"
     drive_train(*tiny(synth_world, run, "experiment=plan_stage", "model=tiny", f"init_from={src}",
                       "model.planning.use_ego_status=true", "plan_stage.epochs=6", "plan_stage.holdout_scenes=2",
+                      "plan_stage.mirror_train=true",
                       "plan_stage.batch_size=16", "plan_stage.num_workers=0"))
     summary = json.loads((run / "plan_stage.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    assert summary["frames"] == {"train": 48, "holdout": 16, "val": 16} and len(summary["holdout_scenes"]) == 2
+    assert summary["frames"] == {"train": 96, "holdout": 16, "val": 16}  # 48 recorded + 48 mirrored and len(summary["holdout_scenes"]) == 2
     assert len(summary["history"]) == 6 and 0 <= summary["best_epoch"] < 6
     best = summary["history"][summary["best_epoch"]]
     assert best["holdout/plan_l2_avg_averaged"] == min(r["holdout/plan_l2_avg_averaged"] for r in summary["history"])

@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 
+from drive.data.augment import AugmentConfig
 from drive.data.dataset import NuScenesDrivingDataset, collate
 from drive.data.datamodule import DrivingDataModule
 from drive.losses import LossConfig
@@ -61,6 +62,7 @@ class PlanStageConfig:
     holdout_scenes: int = 4  # train scenes left out to pick the epoch (0: keep the last epoch)
     head_init: str = "fresh"  # fresh: a new head (seeded); checkpoint: start from the source's head
     num_workers: int = 2  # data loading while the frozen model runs over the splits
+    mirror_train: bool = False  # also train on every training frame mirrored y -> -y (holdout and val stay as recorded)
 
     def __post_init__(self) -> None:
         if self.head_init not in ("fresh", "checkpoint"):
@@ -148,6 +150,18 @@ def collect_planner_inputs(model: DrivingModel, dataset: NuScenesDrivingDataset,
     if not scenes:
         raise ValueError(f"split {dataset.split!r} of {dataset.root} has no keyframes")
     return PlannerInputs(*(torch.cat(r) for r in rows)), scenes
+
+
+MIRROR = AugmentConfig(enabled=True, image_scale=(1.0, 1.0), image_flip=0.0, bev_rotation_deg=0.0, bev_flip=1.0)
+
+
+def mirrored_split(data_cfg, split: str) -> NuScenesDrivingDataset:
+    """``split`` with every keyframe mirrored y -> -y and nothing else (the training augmentation's scene mirror:
+    pixels and camera slots, camera matrices, ego motion, command, yaw rate, every target), in the order of the
+    unaugmented split."""
+    dm = DrivingDataModule(replace(data_cfg, train_split=split, val_split=None, augment=MIRROR))
+    dm.setup("fit")
+    return dm.train_set
 
 
 def holdout_rows(scenes: list[str], count: int) -> np.ndarray:
@@ -318,6 +332,15 @@ def train_planner(cfg: DictConfig) -> dict[str, float]:
     train_inputs, train_scenes = cached["train"]
     held = holdout_rows(train_scenes, stage_cfg.holdout_scenes)
     sets = {"train": train_inputs.subset(torch.from_numpy(~held))}
+    if stage_cfg.mirror_train:
+        log.info("planner stage: running the frozen model over %s mirrored", splits["train"])
+        mirrored, mirrored_scenes = collect_planner_inputs(model, mirrored_split(data_cfg, splits["train"]),
+                                                           stage_cfg.num_workers)
+        if mirrored_scenes != train_scenes:
+            raise RuntimeError("the mirrored train split does not list the keyframes of the train split in order")
+        rows = torch.from_numpy(~held)
+        sets["train"] = PlannerInputs(*(torch.cat([a, b]) for a, b in zip(sets["train"].tensors(),
+                                                                            mirrored.subset(rows).tensors())))
     val_sets: dict[str, PlannerInputs] = {}
     if held.any():
         val_sets["holdout"] = train_inputs.subset(torch.from_numpy(held))
