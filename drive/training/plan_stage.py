@@ -14,6 +14,10 @@ Why a stage of its own: in a joint CPU run the planner sees each frame about fou
 ego-status MLP it is compared with is fit to convergence (BENCHMARKS.md); and ``use_ego_status`` is a
 switch of the head only, so both variants can be trained on one perception and compared on equal terms.
 
+Data: with ``mirror_train`` (default) the frozen model also runs over the training split mirrored y -> -y (the
+joint training's scene mirror: pixels and camera slots, command, yaw rate, targets), doubling the frames the
+head learns from; on synth30 that lowered the val L2 of both head variants (BENCHMARKS.md, 2026-12-06 21:55).
+
 Model selection: ``holdout_scenes`` scenes of the train split are left out of training and pick the epoch
 (ST-P3 averaged L2); the val split is only reported. The output is a full drive-train checkpoint (the
 source's weights with the new head, the run's config as hyper-parameters) that drive-eval, export and
@@ -62,7 +66,7 @@ class PlanStageConfig:
     holdout_scenes: int = 4  # train scenes left out to pick the epoch (0: keep the last epoch)
     head_init: str = "fresh"  # fresh: a new head (seeded); checkpoint: start from the source's head
     num_workers: int = 2  # data loading while the frozen model runs over the splits
-    mirror_train: bool = False  # also train on every training frame mirrored y -> -y (holdout and val stay as recorded)
+    mirror_train: bool = True  # also train on every training frame mirrored y -> -y (holdout and val stay as recorded)
 
     def __post_init__(self) -> None:
         if self.head_init not in ("fresh", "checkpoint"):
