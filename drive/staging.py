@@ -1,4 +1,4 @@
-"""Write a directory whole or not at all: build it in a temporary sibling, then rename it into place."""
+"""Write a file or a directory whole or not at all: build it in a temporary sibling, then rename it into place."""
 from __future__ import annotations
 
 import glob
@@ -28,3 +28,19 @@ def staged_dir(final: str, prefix: str, clean_stale: bool = True) -> Iterator[st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged_file(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` (its folder created); when the block ends normally it is renamed
+    onto ``path``, on any error removed, so a half-written file never appears under the final name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from drive.hashing import sha256_file
+from drive.staging import staged_file
 
 from drive.models import INPUT_NAMES, FlatOutputs, ModelOutputs
 from drive.models.build import ModelConfig
@@ -244,16 +245,9 @@ def check_writable_dir(out_dir: str) -> str:
 def atomic_path(path: str):
     """Yield a temporary path in the target directory; on success ``os.replace`` it onto ``path``,
     on any error remove it, so a half-written file never appears under the final name."""
-    out_dir = check_writable_dir(os.path.dirname(os.path.abspath(path)) or ".")
-    base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{base}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    check_writable_dir(os.path.dirname(os.path.abspath(path)) or ".")
+    with staged_file(path) as tmp:
         yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_onnx_atomic(model: onnx.ModelProto, path: str) -> None:

@@ -16,16 +16,10 @@ of a reviewer that gave up or crashed back to ``pending``. Timestamps are ISO-86
 A person reviews through a standard labelling-tool file: ``export_scalabel`` writes the queue in the Scalabel
 format (the BDD100K / Scalabel tool's JSON: ``{"frames": [...], "config": {...}}``) with the teacher's boxes as
 pre-labels, and ``import_scalabel`` reads an edited file back, validates every field and marks the frames done.
-
-Box convention of the Scalabel files (also written into the file's top-level ``metadata``): ``box3d`` is in the
-nuScenes GLOBAL frame (the frame of ``sample_annotation``; no sensor extrinsics apply), ``location`` = box centre
-(x, y, z) m, ``dimension`` = (height, width, length) m in Scalabel's order (nuScenes ``size`` is (w, l, h)),
-``orientation`` = intrinsic X-Y-Z Euler angles (rad) of the box rotation (for nuScenes boxes (0, 0, yaw)),
-``alpha`` unused (0). Velocity, nuScenes attribute and track id travel in the label's ``attributes``.
+The file format and its box convention: ``scalabel.py``.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sqlite3
@@ -36,17 +30,13 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from drive.types import CLASSES
-
 from .errors import LabellingError
-from .records import LabelBox, stable_token
-from .scalabel import EXPORT_CAMERA, FrameIndex, atomic_write_json, box_of_label, label_of_box
+from .records import LabelBox
+from .scalabel import FrameIndex, atomic_write_json, read_scalabel, scalabel_document, scalabel_frame
 
 SCHEMA_VERSION = 1
 STATUSES: tuple[str, ...] = ("pending", "in_review", "done", "skipped")
 DEFAULT_BUSY_TIMEOUT_S = 60.0
-SCALABEL_FORMAT = "drive-review-queue/scalabel"
-SCALABEL_FORMAT_VERSION = 1
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS items (
@@ -383,47 +373,16 @@ class ReviewQueue:
         _check_status(status)
         pre_labels = dict(pre_labels or {})
         items = self.items(strategy, round, status)
-        queued = {it.sample_token for it in items}
-        stray = sorted(set(pre_labels) - queued)
+        stray = sorted(set(pre_labels) - {it.sample_token for it in items})
         if stray:
             raise LabellingError(f"export_scalabel: pre_labels for sample token(s) not in the exported queue: "
                                  f"{', '.join(stray[:5])}")
         frame_index = FrameIndex(nusc)
-        frames = []
-        for it in items:
-            scene_name, idx, url, ts = frame_index.locate(it.sample_token)
-            labels = []
-            used_ids: set[str] = set()
-            for j, box in enumerate(pre_labels.get(it.sample_token, ())):
-                if box.sample_token != it.sample_token:
-                    raise LabellingError(f"export_scalabel: pre_labels[{it.sample_token!r}][{j}] has sample_token "
-                                         f"{box.sample_token!r}")
-                lid = box.track_id if box.track_id and box.track_id not in used_ids else \
-                    stable_token("prelabel", it.sample_token, j)
-                used_ids.add(lid)
-                labels.append(label_of_box(box, lid))
-            frames.append({
-                "name": it.sample_token, "videoName": scene_name, "frameIndex": idx, "url": url,
-                "timestamp": ts,
-                "attributes": {"queue_id": it.id, "reason": it.reason, "score": it.score, "status": it.status},
-                "labels": labels,
-            })
-        doc = {
-            "frames": frames,
-            "config": {"categories": [{"name": c} for c in CLASSES]},
-            "metadata": {
-                "format": SCALABEL_FORMAT, "format_version": SCALABEL_FORMAT_VERSION,
-                "strategy": strategy, "round": int(round), "queue": self.path,
-                "data_root": getattr(nusc, "dataroot", ""), "version": getattr(nusc, "version", ""),
-                "camera": EXPORT_CAMERA, "exported_at": _iso(_now()),
-                "box3d_frame": "global",
-                "box3d_convention": "nuScenes global frame (no extrinsics apply); location = centre (x, y, z) m; "
-                                    "dimension = (height, width, length) m; orientation = intrinsic XYZ Euler "
-                                    "angles (rad), (0, 0, yaw) for nuScenes boxes; alpha unused (0); velocity "
-                                    "(vx, vy) m/s, nuScenes attribute and track id in the label attributes",
-            },
-        }
-        atomic_write_json(path, doc)
+        frames = [scalabel_frame(frame_index, it.sample_token, pre_labels.get(it.sample_token, ()),
+                                 {"queue_id": it.id, "reason": it.reason, "score": it.score, "status": it.status})
+                  for it in items]
+        atomic_write_json(path, scalabel_document(frames, nusc, {"strategy": strategy, "round": int(round),
+                                                                 "queue": self.path, "exported_at": _iso(_now())}))
         return len(frames)
 
     def import_scalabel(self, path: str, strategy: str, round: int, reviewer: str,
@@ -438,37 +397,8 @@ class ReviewQueue:
         _check_queue_key(strategy, round)
         if not isinstance(reviewer, str) or not reviewer:
             raise LabellingError(f"import_scalabel: reviewer must be a non-empty string, got {reviewer!r}")
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except OSError as e:
-            raise LabellingError(f"cannot read Scalabel file {path}: {e}") from e
-        except ValueError as e:
-            raise LabellingError(f"Scalabel file {path} is not valid JSON: {e}") from e
-        frames = doc.get("frames") if isinstance(doc, dict) else doc
-        if not isinstance(frames, list):
-            raise LabellingError(f"Scalabel file {path}: expected a list of frames or an object with a 'frames' list")
         by_token = {it.sample_token: it for it in self.items(strategy, round)}
-        out: dict[str, list[LabelBox]] = {}
-        for i, frame in enumerate(frames):
-            where = f"Scalabel file {path}: frames[{i}]"
-            if not isinstance(frame, dict):
-                raise LabellingError(f"{where}: a frame must be an object")
-            name = frame.get("name")
-            if not isinstance(name, str) or not name:
-                raise LabellingError(f"{where}.name: missing or not a string")
-            where = f"Scalabel file {path}: frame {name!r} (frames[{i}])"
-            if name not in by_token:
-                raise LabellingError(f"{where}.name: unknown sample token, not in the queue of strategy {strategy!r} "
-                                     f"round {round}")
-            if name in out:
-                raise LabellingError(f"{where}.name: the frame appears twice")
-            labels = frame.get("labels")
-            if labels is None:
-                labels = []
-            if not isinstance(labels, list):
-                raise LabellingError(f"{where}.labels: must be a list")
-            out[name] = [box_of_label(lab, name, f"{where}.labels[{j}]") for j, lab in enumerate(labels)]
+        out = read_scalabel(path, set(by_token), f"the queue of strategy {strategy!r} round {round}")
         now = _iso(_now())
         with self._write() as c:
             for token, boxes in out.items():

@@ -1,8 +1,15 @@
 """Conversions between the loop's boxes and the Scalabel labelling-tool format (used by the review queue's
 export / import): frame lookup, box3d <-> LabelBox with per-field validation, atomic JSON writes.
 
-Boxes stay in the nuScenes global frame; ``box3d.orientation`` is intrinsic XYZ Euler angles (0, 0, yaw) and
-``dimension`` is (h, w, l), as Scalabel's own nuScenes converter writes them.
+A file is ``{"frames": [...], "config": {...}, "metadata": {...}}`` (the BDD100K / Scalabel tool's JSON), one
+frame per queued keyframe (its CAM_FRONT image as ``url``), pre-labels as editable labels.
+
+Box convention of the Scalabel files (also written into the file's top-level ``metadata``): ``box3d`` is in the
+nuScenes GLOBAL frame (the frame of ``sample_annotation``; no sensor extrinsics apply), ``location`` = box centre
+(x, y, z) m, ``dimension`` = (height, width, length) m in Scalabel's order (nuScenes ``size`` is (w, l, h)),
+``orientation`` = intrinsic X-Y-Z Euler angles (rad) of the box rotation (for nuScenes boxes (0, 0, yaw)),
+``alpha`` unused (0). Velocity, nuScenes attribute and track id travel in the label's ``attributes``.
+This is Scalabel's own nuScenes converter's convention.
 """
 from __future__ import annotations
 
@@ -17,9 +24,11 @@ from pyquaternion import Quaternion
 from drive.types import CLASSES
 
 from .errors import LabellingError
-from .records import LabelBox
+from .records import LabelBox, stable_token
 
 EXPORT_CAMERA = "CAM_FRONT"
+SCALABEL_FORMAT = "drive-review-queue/scalabel"
+SCALABEL_FORMAT_VERSION = 1
 
 
 class FrameIndex:
@@ -143,3 +152,77 @@ def atomic_write_json(path: str, doc: Any) -> None:
         if isinstance(e, OSError):
             raise LabellingError(f"cannot write {path}: {e}") from e
         raise
+
+
+def scalabel_frame(frame_index: FrameIndex, sample_token: str, pre_labels: Sequence[LabelBox],
+                   attributes: dict) -> dict:
+    """One Scalabel frame of a keyframe, its ``pre_labels`` as labels (a box's track id as the label id unless
+    it repeats, else a stable id)."""
+    scene_name, idx, url, ts = frame_index.locate(sample_token)
+    labels = []
+    used_ids: set[str] = set()
+    for j, box in enumerate(pre_labels):
+        if box.sample_token != sample_token:
+            raise LabellingError(f"export_scalabel: pre_labels[{sample_token!r}][{j}] has sample_token "
+                                 f"{box.sample_token!r}")
+        lid = box.track_id if box.track_id and box.track_id not in used_ids else \
+            stable_token("prelabel", sample_token, j)
+        used_ids.add(lid)
+        labels.append(label_of_box(box, lid))
+    return {"name": sample_token, "videoName": scene_name, "frameIndex": idx, "url": url, "timestamp": ts,
+            "attributes": attributes, "labels": labels}
+
+
+def scalabel_document(frames: list[dict], nusc: Any, metadata: dict) -> dict:
+    """The file: ``frames``, the class list, and ``metadata`` plus the format, data set and box convention."""
+    return {
+        "frames": frames,
+        "config": {"categories": [{"name": c} for c in CLASSES]},
+        "metadata": {
+            "format": SCALABEL_FORMAT, "format_version": SCALABEL_FORMAT_VERSION,
+            "strategy": metadata["strategy"], "round": metadata["round"], "queue": metadata["queue"],
+            "data_root": getattr(nusc, "dataroot", ""), "version": getattr(nusc, "version", ""),
+            "camera": EXPORT_CAMERA, "exported_at": metadata["exported_at"],
+            "box3d_frame": "global",
+            "box3d_convention": "nuScenes global frame (no extrinsics apply); location = centre (x, y, z) m; "
+                                "dimension = (height, width, length) m; orientation = intrinsic XYZ Euler "
+                                "angles (rad), (0, 0, yaw) for nuScenes boxes; alpha unused (0); velocity "
+                                "(vx, vy) m/s, nuScenes attribute and track id in the label attributes",
+        },
+    }
+
+
+def read_scalabel(path: str, known: set[str], known_as: str) -> dict[str, list[LabelBox]]:
+    """The boxes per frame of a (possibly edited) Scalabel file, every frame and label validated; frame names
+    must be sample tokens of ``known`` (described as ``known_as`` in errors), each at most once. Any problem is
+    one ``LabellingError`` naming the file, frame and field."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as e:
+        raise LabellingError(f"cannot read Scalabel file {path}: {e}") from e
+    except ValueError as e:
+        raise LabellingError(f"Scalabel file {path} is not valid JSON: {e}") from e
+    frames = doc.get("frames") if isinstance(doc, dict) else doc
+    if not isinstance(frames, list):
+        raise LabellingError(f"Scalabel file {path}: expected a list of frames or an object with a 'frames' list")
+    out: dict[str, list[LabelBox]] = {}
+    for i, frame in enumerate(frames):
+        where = f"Scalabel file {path}: frames[{i}]"
+        if not isinstance(frame, dict):
+            raise LabellingError(f"{where}: a frame must be an object")
+        name = frame.get("name")
+        if not isinstance(name, str) or not name:
+            raise LabellingError(f"{where}.name: missing or not a string")
+        where = f"Scalabel file {path}: frame {name!r} (frames[{i}])"
+        if name not in known:
+            raise LabellingError(f"{where}.name: unknown sample token, not in {known_as}")
+        if name in out:
+            raise LabellingError(f"{where}.name: the frame appears twice")
+        labels = frame.get("labels")
+        if labels is None:
+            labels = []
+        if not isinstance(labels, list):
+            raise LabellingError(f"{where}.labels: must be a list")
+        out[name] = [box_of_label(lab, name, f"{where}.labels[{j}]") for j, lab in enumerate(labels)]
+    return out

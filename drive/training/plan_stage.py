@@ -50,6 +50,7 @@ from drive.models.build import ModelConfig
 from drive.models.build import build_model as build_model_from_config
 from drive.models.heads.planning import PlanningHead
 from drive.models.model import DrivingModel
+from drive.staging import staged_file
 
 log = logging.getLogger(__name__)
 
@@ -282,13 +283,6 @@ def build_stage_model(source: DrivingModel, source_cfg: ModelConfig, run_cfg: Mo
     return model.eval()
 
 
-def _save_atomic(obj: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_planner(cfg: DictConfig) -> dict[str, float]:
     """``drive-train stage=planning`` (``experiment=plan_stage``): see the module docstring."""
     from hydra.utils import instantiate
@@ -382,15 +376,14 @@ def train_planner(cfg: DictConfig) -> dict[str, float]:
             "epoch": summary["best_epoch"] or 0, "global_step": int(trainer.global_step), "drive_format": 1,
             "plan_stage": json.loads(json.dumps(summary))}
     path = os.path.join(out_dir, "checkpoints", "last.ckpt")
-    _save_atomic(ckpt, path)
+    with staged_file(path) as tmp:
+        torch.save(ckpt, tmp)
     metrics = {k: float(v) for k, v in (system.best["row"] if system.best else {}).items() if k != "epoch"}
     metrics["global_step"] = float(trainer.global_step)
     metrics["best_epoch"] = float(summary["best_epoch"] if summary["best_epoch"] is not None else -1)
     for name, payload in (("metrics.json", dict(sorted(metrics.items()))), ("plan_stage.json", summary)):
-        tmp = os.path.join(out_dir, f"{name}.tmp")
-        with open(tmp, "w") as f:
+        with staged_file(os.path.join(out_dir, name)) as tmp, open(tmp, "w") as f:
             json.dump(payload, f, indent=1)
-        os.replace(tmp, os.path.join(out_dir, name))
     log.info("planner stage: best epoch %s, %s; checkpoint %s", summary["best_epoch"],
              {k: round(v, 4) for k, v in metrics.items() if k.endswith("l2_avg_averaged")}, path)
     return metrics
