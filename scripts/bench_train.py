@@ -12,6 +12,10 @@
    trained on the train split) and constant-velocity extrapolation of the last ego displacement.
 4. Throughput (samples/s, from the run's ThroughputETA callback: wall time per batch incl. data loading,
    validation excluded) and peak memory (``ru_maxrss`` of this process and of its worker children).
+5. With ``--plan-stage-minutes M`` the budget holds UniAD's second stage too: the joint run gets M minutes
+   less, then ``drive-train experiment=plan_stage init_from=<run>/checkpoints/last.ckpt`` (same overrides)
+   retrains the planning head on the frozen perception, its epochs capped by what is left of the budget;
+   its val planning L2 (epoch picked on held-out train scenes) is reported beside the joint head's.
 Writes ``--out`` (default benchmarks/train.json) and appends a line to BENCHMARKS.md (``--no-record``: JSON only).
 """
 from __future__ import annotations
@@ -41,9 +45,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAN_KEYS = [f"l2_{h}s_{c}" for c in ("per_step", "averaged") for h in (1, 2, 3)] + ["l2_avg_per_step", "l2_avg_averaged"]
 
 
-def compose_cfg(run_dir: str, overrides: list[str]):
+def compose_cfg(run_dir: str, overrides: list[str], experiment: str = "edge"):
     with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
-        return compose("train", overrides=["experiment=edge", f"paths.output_dir={run_dir}", *overrides])
+        return compose("train", overrides=[f"experiment={experiment}", f"paths.output_dir={run_dir}", *overrides])
 
 
 def calibrate(cfg, steps: int = 6) -> tuple[float, float, int]:
@@ -134,6 +138,35 @@ def constant_velocity_baseline(t: dict, dt: float = 0.5) -> np.ndarray:
     return v[:, None, :] * steps[None, :, None]
 
 
+# --------------------------------------------------------------------------- planner stage
+
+def run_plan_stage(a, run_dir: str, t_start: float, frame_s: float, n_train: int, n_val: int) -> dict:
+    """The planner stage on the joint run's last checkpoint, inside what is left of ``--minutes``.
+
+    The frozen-model passes (train, mirrored train, val) cannot be cut short, so they are estimated from the
+    calibrated seconds per val frame (x1.6 for data loading beside the model, measured on synth30) and the
+    head's epochs get the rest (``plan_stage.max_minutes``, at least one minute)."""
+    out = os.path.join(run_dir, "plan_stage")
+    probe = compose_cfg(out, a.overrides, experiment="plan_stage")
+    passes = n_train * (2 if probe.plan_stage.mirror_train else 1) + n_val
+    left_s = a.minutes * 60 - (time.time() - t_start) - passes * frame_s * 1.6 - 30.0
+    head_minutes = round(max(left_s / 60, 1.0), 2)
+    cfg = compose_cfg(out, a.overrides + [f"init_from={os.path.join(run_dir, 'checkpoints', 'last.ckpt')}",
+                                          f"plan_stage.max_minutes={head_minutes}"], experiment="plan_stage")
+    print(f"planner stage: {passes} frozen-model frames, head epochs capped at {head_minutes} min", flush=True)
+    t0 = time.time()
+    train(cfg)
+    with open(os.path.join(out, "plan_stage.json")) as f:
+        summary = json.load(f)
+    best = summary["history"][summary["best_epoch"]] if summary["best_epoch"] is not None else summary["history"][-1]
+    return {"minutes": round((time.time() - t0) / 60, 2), "head_minutes_cap": head_minutes,
+            "best_epoch": summary["best_epoch"], "epochs_run": len(summary["history"]), "frames": summary["frames"],
+            "use_ego_status": summary["use_ego_status"],
+            "val": {f"plan_{k}": round(float(best[f"val/plan_{k}"]), 4) for k in PLAN_KEYS},
+            "joint_head_val": {f"plan_{k}": round(float(summary["source_head"]["val"][k]), 4) for k in PLAN_KEYS},
+            "checkpoint": os.path.abspath(os.path.join(out, "checkpoints", "last.ckpt"))}
+
+
 # --------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -143,6 +176,8 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "train.json"))
     p.add_argument("--no-record", action="store_true", help="write --out only, no BENCHMARKS.md line")
     p.add_argument("--devkit-seconds", type=float, default=30.0, help="reserve for the devkit evaluation")
+    p.add_argument("--plan-stage-minutes", type=float, default=0.0,
+                   help="reserve this much of the budget for the planner stage after the joint run (0: no stage)")
     p.add_argument("overrides", nargs="*", help="drive-train overrides, e.g. data.root=... model=tiny")
     a = p.parse_args()
     t_start = time.time()
@@ -153,7 +188,7 @@ def main() -> None:
 
     step_s, frame_s, n_val = calibrate(cfg)
     val_s = 2.0 * n_val * frame_s + a.devkit_seconds  # + metrics, loading, contention
-    train_s = a.minutes * 60 - (time.time() - t_start) - val_s
+    train_s = a.minutes * 60 - (time.time() - t_start) - val_s - a.plan_stage_minutes * 60
     steps = max(1, int(train_s / step_s))
     guard = max(int(train_s), 60)
     print(f"calibration: {step_s:.2f} s/step, {frame_s:.2f} s/val frame ({n_val} frames) -> {steps} steps "
@@ -171,6 +206,8 @@ def main() -> None:
     gt, mask = val_t["future"], val_t["future_mask"]
     baselines = {"ego_mlp": plan_l2(ego_mlp_baseline(train_t, val_t, seed=int(cfg.seed)), gt, mask),
                  "constant_velocity": plan_l2(constant_velocity_baseline(val_t), gt, mask)}
+
+    stage = run_plan_stage(a, run_dir, t_start, frame_s, len(dm.data.train_set), n_val) if a.plan_stage_minutes > 0 else None
 
     def val(key: str) -> float:
         v = metrics.get(f"val/{key}", float("nan"))
@@ -194,6 +231,8 @@ def main() -> None:
                       for name, v in baselines.items()},
         "overrides": a.overrides,
     }
+    if stage is not None:
+        figures["plan_stage"] = stage
     print(json.dumps(figures, indent=1))
     m, b = figures["model"], figures["baselines"]
     summary = (f"{figures['steps']} steps x {figures['batch_size']} in {figures['wall_minutes']} min, "
@@ -205,6 +244,10 @@ def main() -> None:
                f"ego-MLP avg {b['ego_mlp']['plan_l2_avg_per_step']}/{b['ego_mlp']['plan_l2_avg_averaged']}, "
                f"const-vel avg {b['constant_velocity']['plan_l2_avg_per_step']}/"
                f"{b['constant_velocity']['plan_l2_avg_averaged']} (per_step/averaged)")
+    if stage is not None:
+        sv = stage["val"]
+        summary += (f"; planner stage ({stage['minutes']} min, epoch {stage['best_epoch']} of {stage['epochs_run']}): "
+                    f"L2 avg {sv['plan_l2_avg_per_step']}/{sv['plan_l2_avg_averaged']}")
     if a.no_record:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:

@@ -128,13 +128,19 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synth_world, 
 def test_bench_train_script_end_to_end(synth_world, tmp_path):
     out = tmp_path / "train.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "scripts/bench_train.py", "--minutes", "1.5", "--no-record", "--out", str(out),
-                           "--run-dir", str(tmp_path / "run"), "--devkit-seconds", "5", "model=tiny",
-                           f"data.root={synth_world}", "data.num_workers=0"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "scripts/bench_train.py", "--minutes", "2.5", "--no-record", "--out", str(out),
+                           "--run-dir", str(tmp_path / "run"), "--devkit-seconds", "5", "--plan-stage-minutes", "1",
+                           "model=tiny", f"data.root={synth_world}", "data.num_workers=0", "plan_stage.epochs=4",
+                           "plan_stage.holdout_scenes=2", "plan_stage.num_workers=0", "plan_stage.batch_size=16"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     fig = json.loads(out.read_text())["figures"]
     assert fig["steps"] >= 1 and fig["train_samples_per_s"] > 0 and fig["peak_rss_mb"] > 0
     for name in ("ego_mlp", "constant_velocity"):
         assert fig["baselines"][name]["plan_l2_1s_per_step"] is not None
     assert fig["model"]["NDS"] is not None and fig["model"]["plan_l2_1s_averaged"] is not None
+    stage = fig["plan_stage"]  # the planner stage ran on the joint run's checkpoint, inside the budget's tail
+    assert stage["epochs_run"] == 4 and 0 <= stage["best_epoch"] < 4 and stage["head_minutes_cap"] >= 1.0
+    # the stage scores the joint head on its cached (fp16) inputs: the joint run's own validation figure, nearly
+    assert stage["joint_head_val"]["plan_l2_avg_averaged"] == pytest.approx(fig["model"]["plan_l2_avg_averaged"], rel=0.02)
+    assert os.path.exists(stage["checkpoint"]) and stage["val"]["plan_l2_3s_per_step"] > 0

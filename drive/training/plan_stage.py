@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+from datetime import timedelta
 from dataclasses import dataclass, fields, replace
 from typing import Optional
 
@@ -68,12 +69,15 @@ class PlanStageConfig:
     head_init: str = "fresh"  # fresh: a new head (seeded); checkpoint: start from the source's head
     num_workers: int = 2  # data loading while the frozen model runs over the splits
     mirror_train: bool = True  # also train on every training frame mirrored y -> -y (holdout and val stay as recorded)
+    max_minutes: Optional[float] = None  # wall-clock cap on the head's training (Lightning max_time); None: epochs only
 
     def __post_init__(self) -> None:
         if self.head_init not in ("fresh", "checkpoint"):
             raise ValueError(f"plan_stage.head_init must be 'fresh' or 'checkpoint', got {self.head_init!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.holdout_scenes < 0:
             raise ValueError(f"plan_stage: epochs, batch_size >= 1, lr > 0, holdout_scenes >= 0 ({self})")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"plan_stage.max_minutes must be > 0 or null, got {self.max_minutes}")
 
 
 @dataclass
@@ -351,7 +355,8 @@ def train_planner(cfg: DictConfig) -> dict[str, float]:
 
     head = model.planning_head.train()
     system = PlannerStage(head, loss, stage_cfg, list(val_sets), "holdout" if "holdout" in val_sets else None)
-    trainer = L.Trainer(max_epochs=stage_cfg.epochs, logger=builders.build_loggers(cfg) or False,
+    max_time = None if stage_cfg.max_minutes is None else timedelta(minutes=stage_cfg.max_minutes)
+    trainer = L.Trainer(max_epochs=stage_cfg.epochs, max_time=max_time, logger=builders.build_loggers(cfg) or False,
                         enable_checkpointing=False, num_sanity_val_steps=0, devices=1,  # one process: tiny head
                         accelerator=cfg.trainer.get("accelerator", "auto"), log_every_n_steps=10,
                         enable_progress_bar=False, enable_model_summary=False)
