@@ -13,9 +13,10 @@
 4. Throughput (samples/s, from the run's ThroughputETA callback: wall time per batch incl. data loading,
    validation excluded) and peak memory (``ru_maxrss`` of this process and of its worker children).
 5. With ``--plan-stage-minutes M`` the budget holds UniAD's second stage too: the joint run gets M minutes
-   less, then ``drive-train experiment=plan_stage init_from=<run>/checkpoints/last.ckpt`` (same overrides)
-   retrains the planning head on the frozen perception, its epochs capped by what is left of the budget;
-   its val planning L2 (epoch picked on held-out train scenes) is reported beside the joint head's.
+   less, then ``drive-train experiment=plan_stage init_from=<run>/checkpoints/last.ckpt`` (same overrides, plus
+   any ``--stage-override``, e.g. an ego-status head on camera-only perception) retrains the planning head on the
+   frozen perception, its epochs capped by what is left of the budget; its val planning L2 (epoch picked on
+   held-out train scenes) is reported beside the joint head's.
 Writes ``--out`` (default benchmarks/train.json) and appends a line to BENCHMARKS.md (``--no-record``: JSON only).
 """
 from __future__ import annotations
@@ -147,11 +148,12 @@ def run_plan_stage(a, run_dir: str, t_start: float, frame_s: float, n_train: int
     calibrated seconds per val frame (x1.6 for data loading beside the model, measured on synth30) and the
     head's epochs get the rest (``plan_stage.max_minutes``, at least one minute)."""
     out = os.path.join(run_dir, "plan_stage")
-    probe = compose_cfg(out, a.overrides, experiment="plan_stage")
+    overrides = a.overrides + a.stage_override
+    probe = compose_cfg(out, overrides, experiment="plan_stage")
     passes = n_train * (2 if probe.plan_stage.mirror_train else 1) + n_val
     left_s = a.minutes * 60 - (time.time() - t_start) - passes * frame_s * 1.6 - 30.0
     head_minutes = round(max(left_s / 60, 1.0), 2)
-    cfg = compose_cfg(out, a.overrides + [f"init_from={os.path.join(run_dir, 'checkpoints', 'last.ckpt')}",
+    cfg = compose_cfg(out, overrides + [f"init_from={os.path.join(run_dir, 'checkpoints', 'last.ckpt')}",
                                           f"plan_stage.max_minutes={head_minutes}"], experiment="plan_stage")
     print(f"planner stage: {passes} frozen-model frames, head epochs capped at {head_minutes} min", flush=True)
     t0 = time.time()
@@ -178,6 +180,8 @@ def main() -> None:
     p.add_argument("--devkit-seconds", type=float, default=30.0, help="reserve for the devkit evaluation")
     p.add_argument("--plan-stage-minutes", type=float, default=0.0,
                    help="reserve this much of the budget for the planner stage after the joint run (0: no stage)")
+    p.add_argument("--stage-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for the planner stage only, e.g. model.planning.use_ego_status=true (repeatable)")
     p.add_argument("overrides", nargs="*", help="drive-train overrides, e.g. data.root=... model=tiny")
     a = p.parse_args()
     t_start = time.time()
@@ -246,7 +250,8 @@ def main() -> None:
                f"{b['constant_velocity']['plan_l2_avg_averaged']} (per_step/averaged)")
     if stage is not None:
         sv = stage["val"]
-        summary += (f"; planner stage ({stage['minutes']} min, epoch {stage['best_epoch']} of {stage['epochs_run']}): "
+        head = "ego status" if stage["use_ego_status"] else "camera-only"
+        summary += (f"; planner stage ({head} head, {stage['minutes']} min, epoch {stage['best_epoch']} of {stage['epochs_run']}): "
                     f"L2 avg {sv['plan_l2_avg_per_step']}/{sv['plan_l2_avg_averaged']}")
     if a.no_record:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

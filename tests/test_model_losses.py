@@ -92,6 +92,40 @@ def test_detection_loss_components() -> None:
     assert abs(out["det_regression"].item() - 1.0) < 1e-5
 
 
+def test_spread_regression_targets_the_cells_around_the_centre() -> None:
+    from drive.losses.detection import DetectionLossConfig, spread_regression
+
+    t = _one_box_targets(5.1, -3.3)
+    dt = build_detection_targets(t, 10, S, R)
+    row, col = int((-3.3 + R) // 2), int((5.1 + R) // 2)
+    cells, reg, w = spread_regression(dt, S, radius=1)
+    assert cells.shape == (1, 2 * 9) and reg.shape == (1, 18, 10) and w.shape == (1, 18)
+    assert w[0, 9:].abs().max() == 0  # the padding box slot
+    assert cells[0, 4] == row * S + col and w[0, 4] == 1.0  # the centre: weight 1, the target as built
+    torch.testing.assert_close(reg[0, 4], dt.regression[0, 0])
+    sigma = dt.sigma[0, 0].item()
+    for k, (dy, dx) in enumerate([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]):
+        assert cells[0, k] == (row + dy) * S + col + dx
+        assert abs(w[0, k].item() - math.exp(-(dx * dx + dy * dy) / (2 * sigma**2))) < 1e-6
+        # the offset is measured from the predicting cell: cell + offset is the same centre from every cell
+        assert abs(col + dx + reg[0, k, 0].item() - (5.1 + R) / 2) < 1e-5
+        assert abs(row + dy + reg[0, k, 1].item() - (-3.3 + R) / 2) < 1e-5
+        torch.testing.assert_close(reg[0, k, 2:], dt.regression[0, 0, 2:])
+    # a prediction right at the centre only is perfect for radius 0, wrong around it for radius 1
+    pred = torch.zeros(1, 10, S * S)
+    pred[0, :, dt.cell_index[0, 0]] = dt.regression[0, 0]
+    args = (torch.zeros(1, 10, S, S), pred.view(1, 10, S, S), torch.zeros(1, 8, S, S), t, R)
+    assert detection_loss(*args)["det_regression"] < 1e-6
+    assert detection_loss(*args, DetectionLossConfig(regression_radius=1))["det_regression"] > 0.1
+    for k in range(9):  # right at every cell of the window: perfect again
+        pred[0, :, cells[0, k]] = reg[0, k].nan_to_num(0.0)
+    assert detection_loss(*args, DetectionLossConfig(regression_radius=1))["det_regression"] < 1e-6
+    # a box in the grid's corner cell: the window's outside cells weigh nothing
+    corner = build_detection_targets(_one_box_targets(-R + 0.5, -R + 0.5), 10, S, R)
+    _, _, wc = spread_regression(corner, S, radius=1)
+    assert (wc[0, :9] > 0).sum() == 4
+
+
 # --- map -------------------------------------------------------------------------------------
 def test_map_loss() -> None:
     target = (torch.rand(2, S, S) > 0.5).float()

@@ -130,6 +130,7 @@ def test_bench_train_script_end_to_end(synth_world, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "scripts/bench_train.py", "--minutes", "2.5", "--no-record", "--out", str(out),
                            "--run-dir", str(tmp_path / "run"), "--devkit-seconds", "5", "--plan-stage-minutes", "1",
+                           "--stage-override", "model.planning.use_ego_status=true",
                            "model=tiny", f"data.root={synth_world}", "data.num_workers=0", "plan_stage.epochs=4",
                            "plan_stage.holdout_scenes=2", "plan_stage.num_workers=0", "plan_stage.batch_size=16"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -141,6 +142,10 @@ def test_bench_train_script_end_to_end(synth_world, tmp_path):
     assert fig["model"]["NDS"] is not None and fig["model"]["plan_l2_1s_averaged"] is not None
     stage = fig["plan_stage"]  # the planner stage ran on the joint run's checkpoint, inside the budget's tail
     assert stage["epochs_run"] == 4 and 0 <= stage["best_epoch"] < 4 and stage["head_minutes_cap"] >= 1.0
+    from omegaconf import OmegaConf
+
+    assert stage["use_ego_status"] is True  # the stage-only override reached the stage and not the joint run
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").model.planning.use_ego_status is False
     # the stage scores the joint head on its cached (fp16) inputs: the joint run's own validation figure, nearly
     assert stage["joint_head_val"]["plan_l2_avg_averaged"] == pytest.approx(fig["model"]["plan_l2_avg_averaged"], rel=0.02)
     assert os.path.exists(stage["checkpoint"]) and stage["val"]["plan_l2_3s_per_step"] > 0
