@@ -173,7 +173,7 @@ def run_plan_stage(a, run_dir: str, t_start: float, frame_s: float, n_train: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=30.0, help="total budget: calibration + training + validation")
+    p.add_argument("--minutes", type=float, default=30.0, help="total budget: calibration + training + validation (+ the planner stage)")
     p.add_argument("--run-dir", default=None, help="default outputs/bench/<date>_<time>")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "train.json"))
     p.add_argument("--no-record", action="store_true", help="write --out only, no BENCHMARKS.md line")
@@ -233,7 +233,7 @@ def main() -> None:
                   "minFDE": val("minFDE"), "MR": val("MR"), **{f"plan_{k}": val(f"plan_{k}") for k in PLAN_KEYS}},
         "baselines": {name: {f"plan_{k}": round(v[k], 4) if math.isfinite(v[k]) else None for k in PLAN_KEYS}
                       for name, v in baselines.items()},
-        "overrides": a.overrides,
+        "overrides": a.overrides, "plan_stage_minutes": a.plan_stage_minutes, "stage_overrides": a.stage_override,
     }
     if stage is not None:
         figures["plan_stage"] = stage

@@ -58,6 +58,8 @@ def test_stage_model_keeps_every_weight_but_the_head():
         build_stage_model(source, cfg, ego_cfg, "checkpoint", "src.ckpt")
     with pytest.raises(ValueError, match="head_init"):
         PlanStageConfig(head_init="warm")
+    with pytest.raises(ValueError, match="plan_stage.max_minutes"):
+        PlanStageConfig(max_minutes=0.0)
 
 
 def test_cached_inputs_reproduce_the_models_plan(synth_world):

@@ -30,8 +30,8 @@ import json
 import logging
 import math
 import os
-from datetime import timedelta
 from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from typing import Optional
 
 import lightning as L
