@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from bench_train import constant_velocity_baseline, ego_mlp_baseline, ego_table  # noqa: E402
+from bench_train import constant_velocity_baseline, ego_mlp_baseline, ego_table, read_stage_summary  # noqa: E402
 from drive.metrics.planning import plan_l2  # noqa: E402
 from drive.training import builders  # noqa: E402
 from drive.training.run import train  # noqa: E402
@@ -60,9 +60,7 @@ def main() -> None:
         cfg = compose_cfg(os.path.join(run_dir, name), a.ckpt, ego, a.overrides)
         t0 = time.time()
         train(cfg)
-        with open(os.path.join(run_dir, name, "plan_stage.json")) as f:
-            summary = json.load(f)
-        best = summary["history"][summary["best_epoch"]]
+        summary, best = read_stage_summary(os.path.join(run_dir, name))
         variants[name] = {"minutes": round((time.time() - t0) / 60, 2), "best_epoch": summary["best_epoch"],
                           "epochs": len(summary["history"]), "frames": summary["frames"],
                           "val": rounded({k[len("val/plan_"):]: v for k, v in best.items() if k.startswith("val/plan_")}),

@@ -141,6 +141,14 @@ def constant_velocity_baseline(t: dict, dt: float = 0.5) -> np.ndarray:
 
 # --------------------------------------------------------------------------- planner stage
 
+def read_stage_summary(out_dir: str) -> tuple[dict, dict]:
+    """A planner stage's ``plan_stage.json`` and its picked epoch's history row (the last epoch without a holdout)."""
+    with open(os.path.join(out_dir, "plan_stage.json")) as f:
+        summary = json.load(f)
+    epoch = summary["best_epoch"]
+    return summary, summary["history"][epoch if epoch is not None else -1]
+
+
 def run_plan_stage(a, run_dir: str, t_start: float, frame_s: float, n_train: int, n_val: int) -> dict:
     """The planner stage on the joint run's last checkpoint, inside what is left of ``--minutes``.
 
@@ -158,9 +166,7 @@ def run_plan_stage(a, run_dir: str, t_start: float, frame_s: float, n_train: int
     print(f"planner stage: {passes} frozen-model frames, head epochs capped at {head_minutes} min", flush=True)
     t0 = time.time()
     train(cfg)
-    with open(os.path.join(out, "plan_stage.json")) as f:
-        summary = json.load(f)
-    best = summary["history"][summary["best_epoch"]] if summary["best_epoch"] is not None else summary["history"][-1]
+    summary, best = read_stage_summary(out)
     return {"minutes": round((time.time() - t0) / 60, 2), "head_minutes_cap": head_minutes,
             "best_epoch": summary["best_epoch"], "epochs_run": len(summary["history"]), "frames": summary["frames"],
             "use_ego_status": summary["use_ego_status"],

@@ -94,7 +94,7 @@ def spread_regression(t: DetectionTargets, bev_size: int, radius: int) -> tuple[
     """Every box's regression target at the ``(2 radius + 1)^2`` cells around its centre cell.
 
     Returns cell indices (B, M*K), targets (B, M*K, NUM_REG) and weights (B, M*K): the box's heatmap Gaussian at
-    each cell (1 at the centre), 0 outside the grid or for invalid boxes. Only the centre offset changes from
+    each cell (1 at the centre), 0 outside the grid or for invalid boxes. Radius 0 is CenterPoint's centre cell. Only the centre offset changes from
     cell to cell (it is measured from the cell that predicts it); size, height, heading and velocity do not."""
     s = bev_size
     d = torch.arange(-radius, radius + 1, device=t.cell_index.device)
@@ -136,10 +136,7 @@ def detection_loss(heatmap: Tensor, regression: Tensor, attributes: Tensor, targ
     t = build_detection_targets(targets, ncls, s, bev_range, cfg.min_overlap, cfg.min_radius)
     hm = gaussian_focal_loss(heatmap, t.heatmap)
 
-    if cfg.regression_radius > 0:
-        cells, reg_target, weight = spread_regression(t, s, cfg.regression_radius)
-    else:
-        cells, reg_target, weight = t.cell_index, t.regression, t.valid.to(regression.dtype)
+    cells, reg_target, weight = spread_regression(t, s, cfg.regression_radius)  # radius 0: the centre cells, weight 1
     pred = gather_cells(regression, cells)
     finite = torch.isfinite(reg_target).to(pred.dtype)  # e.g. NaN velocities of static objects
     code_w = pred.new_tensor(cfg.code_weights[:NUM_REG])
