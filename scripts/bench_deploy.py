@@ -13,7 +13,8 @@ accuracy-vs-latency plot in the report. In both cases it exports, quantizes (INT
 measures torch eager vs onnxruntime fp32 vs onnxruntime int8 (p50 / p90 / p99 over ``--runs``),
 the host roofline floor (graph FLOPs / matmul-probe GFLOP/s, bytes / 34 GB/s) and the measured /
 floor ratio, a per-stage table, and the ESTIMATED Orin INT8 latency (roofline x host correction;
-not a measurement), with the CUDA-FastBEV backbone anchor as a sanity check of the estimator.
+not a measurement), and the same with the chip-side anchor (CUDA-FastBEV's backbone on Orin): compute-bound
+stages scaled by published / estimated, and the upper bound with every stage scaled.
 Writes ``benchmarks/deploy.json`` (``deploy_trained.json`` with ``--ckpt``) and one line in ``BENCHMARKS.md``.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from benchlib import record  # noqa: E402
 
 from drive.deploy.accuracy import accuracy_deltas, evaluate_precisions  # noqa: E402
 from drive.deploy.calibration import frame_source  # noqa: E402
-from drive.deploy.chips import ESTIMATE_NOTE, fastbev_backbone_check, load_catalogue  # noqa: E402
+from drive.deploy.chips import ESTIMATE_NOTE, anchor_check, get_targets  # noqa: E402
 from drive.deploy.export import export_onnx, parity, split_batch  # noqa: E402
 from drive.deploy.fidelity import compare_to_reference  # noqa: E402
 from drive.deploy.quantize import quantize_int8, take_samples, temporal_inputs, to_fp16  # noqa: E402
@@ -105,7 +106,9 @@ def main() -> None:
     p = result["subjects"]["edge"]
     lat, hr = p["latency"], p["host_roofline"]
     orin = p["chips"].get("orin-x", {}).get("int8")
-    anchor = fastbev_backbone_check(load_catalogue(), "orin-x", correction=p["host_corrections"].get("backbone", 1.0))
+    anchored = orin["anchored"] if orin else None
+    anchor = anchored["anchor"] if anchored else anchor_check(get_targets("orin-x")[0],
+                                                              correction=p["host_corrections"].get("backbone", 1.0))
 
     print(f"edge ({cfg.view_transform}): {p['params']['total'] / 1e6:.2f} M params, "
           f"{p['graph_flops_total'] / 1e9:.2f} GFLOP (graph), threads {args.threads}, "
@@ -131,7 +134,11 @@ def main() -> None:
         print(f"Orin X INT8 {ESTIMATE_NOTE}: {orin['estimate_ms']:.1f} ms (roofline {orin['roofline_ms']:.2f} ms), "
               f"{orin['fps']:.0f} fps, 10 Hz {orin['meets_10hz']}, 20 Hz {orin['meets_20hz']}")
     print(f"anchor: estimator gives {anchor['estimate_ms']:.1f} ms for the CUDA-FastBEV R18 backbone on Orin "
-          f"vs 13.9 ms published -> published / estimate = {anchor['published_over_estimate']:.1f}x")
+          f"vs {anchor['published_ms']} ms published -> published / estimate = {anchor['published_over_estimate']:.1f}x")
+    if anchored:
+        print(f"Orin X INT8 anchored ESTIMATE (compute-bound stages x {anchored['factor']:.1f}): "
+              f"{anchored['estimate_ms']:.1f} ms, 20 Hz {anchored['meets_20hz']}; every stage x {anchored['factor']:.1f} "
+              f"(upper bound): {anchored['upper_bound_ms']:.1f} ms")
 
     figures = {
         "config": "edge", "view_transform": cfg.view_transform, "threads": args.threads, "runs": args.runs,
@@ -144,7 +151,9 @@ def main() -> None:
         "stages": {s: {"gflop": v["gflop"], "mbytes": v["mbytes"], "eager_ms": p["torch_stage_ms"].get(s),
                        "ort_fp32_ms": v["measured_ms"], "ort_int8_ms": i8.get(s), "floor_ms": v["floor_ms"],
                        "measured_over_floor": v["measured_over_floor"],
-                       "orin_int8_estimate_ms": orin["stages"].get(s, {}).get("estimate_ms") if orin else None}
+                       "orin_int8_estimate_ms": orin["stages"].get(s, {}).get("estimate_ms") if orin else None,
+                       "orin_int8_bound": orin["stages"].get(s, {}).get("bound") if orin else None,
+                       "orin_int8_anchored_ms": anchored["stages"].get(s) if anchored else None}
                    for s, v in hr["stages"].items()},
         "ort_top_ops_fp32": p["ort_ops"]["fp32"]["by_op_type"][:8],
         "ort_top_ops_int8": p["ort_ops"]["int8"]["by_op_type"][:8],
@@ -153,7 +162,9 @@ def main() -> None:
         "int8_quantized_nodes": qrep["quantized_nodes"], "int8_kept_float": {k: v["count"] for k, v in qrep["by_op_type"].items()},
         "fp32_parity_max_abs": max(v["max_abs"] for k, v in par.items() if k != "_frames"),
         "export_seconds": export["seconds"],
-        "chips_estimates_not_measurements": {t: {pr: {"estimate_ms": e["estimate_ms"], "roofline_ms": e["roofline_ms"]}
+        "chips_estimates_not_measurements": {t: {pr: {"estimate_ms": e["estimate_ms"], "roofline_ms": e["roofline_ms"],
+                                                      "anchored_ms": (e["anchored"] or {}).get("estimate_ms"),
+                                                      "anchored_upper_bound_ms": (e["anchored"] or {}).get("upper_bound_ms")}
                                                  for pr, e in per.items()} for t, per in p["chips"].items()},
         "fastbev_anchor": anchor,
         "checkpoint": os.path.abspath(args.ckpt) if args.ckpt else None,
@@ -162,7 +173,9 @@ def main() -> None:
     summary = (f"edge {cfg.view_transform}, {args.threads} thr: eager {lat['torch_eager_fp32']['p50_ms']:.0f} / "
                f"ORT fp32 {lat['ort_fp32']['p50_ms']:.0f} / ORT int8 {lat['ort_int8']['p50_ms']:.0f} ms p50; "
                f"host floor {hr['floor_ms']:.1f} ms ({hr['wall_over_floor']:.0f}x); int8 BEV rel err "
-               f"{acc['rel_l2']['bev']:.3f}; Orin int8 ESTIMATE {orin['estimate_ms']:.1f} ms" if orin else "")
+               f"{acc['rel_l2']['bev']:.3f}; Orin int8 ESTIMATE {orin['estimate_ms']:.1f} ms"
+               + (f", anchored {anchored['estimate_ms']:.1f} ms (upper bound {anchored['upper_bound_ms']:.1f})" if anchored else "")
+               if orin else "")
     if args.ckpt:
         ev = evaluated
         summary = (f"trained {os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(args.ckpt))))}; " + summary

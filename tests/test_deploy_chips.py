@@ -8,8 +8,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from drive.deploy.chips import (ESTIMATE_NOTE, UnknownTargetError, estimate, get_targets, host_corrections,
-                                load_catalogue, roofline_ms)
+from drive.deploy.chips import (ESTIMATE_NOTE, UnknownTargetError, anchor_check, estimate, estimate_targets, get_targets,
+                                host_corrections, load_catalogue, roofline_ms)
+from drive.deploy.export import DeployError
 from drive.deploy.profile import count_flops, graph_costs, latency_stats, reset_peak_rss, rss_mb
 
 REQUESTED = {"orin-x", "orin-n", "thor", "journey5", "journey6", "tda4vm", "sa8650p", "ax650n", "a1000"}
@@ -29,6 +30,7 @@ chips:
     sources: {int8_tops: made up}
     unsupported_ops: {GridSample: "no sampler"}
     restricted_ops: {TopK: "k <= 64"}
+    anchor: {what: "ResNet-18 at 224", input: [1, 3, 224, 224], published_ms: 7.26, source: made up}
 """
 
 
@@ -96,6 +98,34 @@ def test_roofline_estimate_matches_hand_computation(tmp_path) -> None:
     assert roofline_ms(2e9, 1e7, 10e12, 100.0, 0.5, 0.5)["ms"] == pytest.approx(0.4)
 
 
+def test_anchored_estimate_matches_hand_computation(tmp_path) -> None:
+    path = tmp_path / "chips.yaml"
+    path.write_text(MADE_UP)
+    chip = load_catalogue(str(path))["toy"]
+    # ResNet-18 without its classifier at 224 x 224: 1.81 GMAC = 3.63 GFLOP (the published count, minus the fc layer)
+    a = anchor_check(chip)
+    assert a["gflop"] == pytest.approx(3.63, rel=0.01) and a["bound"] == "compute"
+    # compute bound on the toy chip: 3.63e9 / (10e12 * 0.5) = 0.726 ms -> published 7.26 ms is ~10x the estimate
+    assert a["estimate_ms"] == pytest.approx(a["gflop"] * 1e9 / 5e12 * 1e3)
+    assert a["published_over_estimate"] == pytest.approx(7.26 / a["estimate_ms"]) and 9.8 < a["published_over_estimate"] < 10.2
+    costs = {"backbone": {"flops": 2e9, "flops_float": 1e9, "bytes": 1e7, "weight_bytes": 4e6},  # compute bound, 0.6 ms
+             "view_transform": {"flops": 1e8, "flops_float": 0.0, "bytes": 1e9, "weight_bytes": 1e6}}  # memory, 60 ms
+    est = estimate(costs, chip, "int8", corrections={"view_transform": 3.0}, anchor={"published_over_estimate": 4.0})
+    an = est["anchored"]
+    assert an["stages"] == {"backbone": pytest.approx(2.4), "view_transform": pytest.approx(60.0)}
+    assert an["estimate_ms"] == pytest.approx(62.4) and an["upper_bound_ms"] == pytest.approx(4 * 60.6)
+    assert an["meets_10hz"] and not an["meets_20hz"] and est["estimate_ms"] == pytest.approx(60.6)
+    assert estimate(costs, chip, "int8")["anchored"] is None
+    # estimate_targets anchors INT8 only (the published figures are INT8), with the host's backbone correction
+    both = estimate_targets({"int8": costs, "fp16": costs}, [chip], corrections={"backbone": 2.0})["toy"]
+    assert both["fp16"]["anchored"] is None
+    assert both["int8"]["anchored"]["factor"] == pytest.approx(a["published_over_estimate"] / 2.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MADE_UP.replace("published_ms: 7.26, ", ""))
+    with pytest.raises(DeployError, match=r"chips.toy.anchor"):
+        load_catalogue(str(bad))
+
+
 def test_unknown_target_lists_the_catalogue() -> None:
     with pytest.raises(UnknownTargetError) as err:
         get_targets("orin-x,warp-drive")
@@ -110,6 +140,7 @@ def test_catalogue_has_every_requested_chip_with_sources() -> None:
         assert chip.int8_tops > 0 and chip.mem_bw_gbs > 0
         assert {"int8_tops", "mem_bw_gbs"} <= set(chip.sources), chip.key
     assert "GridSample" in cat["tda4vm"].unsupported_ops
+    assert cat["orin-x"].anchor["published_ms"] == 13.9 and cat["orin-x"].anchor["input"] == [6, 3, 256, 704]
 
 
 def test_host_corrections_and_latency_stats() -> None:

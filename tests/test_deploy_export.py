@@ -247,7 +247,10 @@ def test_report_compares_two_models(exported, tmp_path) -> None:
         assert {"p50_ms", "p90_ms", "p99_ms"} <= set(p["latency"][variant])
     assert p["ort_ops"]["fp32"]["by_op_type"] and p["host_roofline"]["floor_ms"] > 0
     est = p["chips"]["tda4vm"]["int8"]
-    assert "GridSample" in est["unsupported_ops"] and est["estimate_ms"] > 0
+    assert "GridSample" in est["unsupported_ops"] and est["estimate_ms"] > 0 and est["anchored"] is None  # no anchor
+    orin = p["chips"]["orin-x"]["int8"]["anchored"]  # CUDA-FastBEV's backbone: compute-bound stages scaled
+    assert orin["factor"] > 1 and orin["estimate_ms"] <= orin["upper_bound_ms"]
+    assert "Chip-side anchor on orin-x" in md and "orin-x int8 anchored ms" in md
     saved = json.load(open(tmp_path / "report" / "profile.json"))
     assert saved["note"].startswith("ESTIMATE") and set(saved["subjects"]) == {"tiny-eager+onnx", "tiny-onnx-only"}
 

@@ -24,6 +24,12 @@ Model, per stage ``s`` of the graph (``drive.deploy.profile.graph_costs``):
   (element-wise / shape ops assumed fused). In int8, nodes kept in float are costed at fp16.
 * Chips without an FP16 figure cost float work at INT8 peak / 4 (assumption, flagged).
 * Energy per frame = power envelope (upper end) x estimated latency: an upper bound.
+* Chip-side anchor (chips with a published per-stage figure, e.g. Orin X: CUDA-FastBEV's ResNet-18 backbone,
+  13.9 ms INT8): the same estimator run on that published network gives ``published / estimate``, how far the
+  chip's toolchain sits below the assumed compute efficiency on dense conv work. ``anchored.estimate_ms``
+  multiplies the compute-bound stages by it and leaves memory-bound stages at their host-calibrated figure
+  (a conv backbone says nothing about gathers, whose host correction is already in); ``anchored.upper_bound_ms``
+  multiplies every stage (assumes the memory-bound stages fall as far short too). Both are printed.
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ class Chip:
     unsupported_ops: dict = field(default_factory=dict)
     restricted_ops: dict = field(default_factory=dict)
     notes: str = ""
+    anchor: Optional[dict] = None  # {what, input: [N, 3, H, W], published_ms, source}: a ResNet-18 backbone figure
 
     def peak_flops(self, precision: str) -> tuple[float, Optional[str]]:
         """Peak ops/s at ``precision`` and the assumption used, if any."""
@@ -94,8 +101,23 @@ def load_catalogue(path: Optional[str] = None) -> dict[str, Chip]:
                           efficiency_memory=float(ce.get("memory", eff.get("memory", 0.7))),
                           sources=dict(c.get("sources", {})), uncertain=tuple(c.get("uncertain", ())),
                           unsupported_ops=dict(c.get("unsupported_ops") or {}),
-                          restricted_ops=dict(c.get("restricted_ops") or {}), notes=c.get("notes", ""))
+                          restricted_ops=dict(c.get("restricted_ops") or {}), notes=c.get("notes", ""),
+                          anchor=_anchor(key, c.get("anchor"), path))
     return chips
+
+
+def _anchor(key: str, raw: Optional[Mapping[str, Any]], path: str) -> Optional[dict]:
+    if raw is None:
+        return None
+    try:
+        shape = [int(v) for v in raw["input"]]
+        out = {"what": str(raw["what"]), "input": shape, "published_ms": float(raw["published_ms"]),
+               "source": str(raw["source"])}
+    except (KeyError, TypeError, ValueError) as e:
+        raise DeployError(f"{path}: chips.{key}.anchor needs what, input [N, 3, H, W], published_ms, source ({e!r})") from e
+    if len(shape) != 4 or shape[1] != 3 or out["published_ms"] <= 0:
+        raise DeployError(f"{path}: chips.{key}.anchor: input must be [N, 3, H, W] and published_ms > 0")
+    return out
 
 
 def get_targets(names: Iterable[str] | str, catalogue: Optional[Mapping[str, Chip]] = None) -> list[Chip]:
@@ -129,7 +151,7 @@ def host_corrections(host_roofline: Mapping[str, Any]) -> dict[str, float]:
 
 def estimate(costs: Mapping[str, Mapping[str, float]], chip: Chip, precision: str = "int8",
              corrections: Optional[Mapping[str, float]] = None, graph_ops: Iterable[str] = (),
-             footprint_bytes: Optional[float] = None) -> dict[str, Any]:
+             footprint_bytes: Optional[float] = None, anchor: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Estimated latency of one graph on one chip, per stage and in total (see the module notes).
 
     Args:
@@ -137,6 +159,8 @@ def estimate(costs: Mapping[str, Mapping[str, float]], chip: Chip, precision: st
         corrections: per-stage host correction factors (``host_corrections``); None -> 1.
         graph_ops: op types of the graph, to flag what the chip's toolchain may not support.
         footprint_bytes: weights + activations (no buffer reuse: an upper bound) for the memory fit.
+        anchor: the chip's ``anchor_check`` (its ``published_over_estimate`` is the factor); adds the ``anchored``
+            block (compute-bound stages x factor; the all-stages upper bound).
     """
     corrections = corrections or {}
     assumptions = []
@@ -164,9 +188,19 @@ def estimate(costs: Mapping[str, Mapping[str, float]], chip: Chip, precision: st
     memory = {"weights_mb": weights / 2**20, "footprint_upper_bound_mb": need / 2**20,
               "chip_memory_gb": chip.memory_gb, "fits": need < 0.25 * chip.memory_gb * 2**30,
               "rule": "fits if weights + all activations (no reuse) < 25% of the chip's DRAM"}
+    anchored = None
+    if anchor is not None:
+        factor = float(anchor["published_over_estimate"])
+        per = {k: v["estimate_ms"] * (factor if v["bound"] == "compute" else 1.0) for k, v in stages.items()}
+        a_total = sum(per.values())
+        anchored = {"factor": factor, "anchor": dict(anchor), "stages": per,
+                    "estimate_ms": a_total, "fps": 1e3 / a_total if a_total > 0 else float("inf"),
+                    "meets_10hz": a_total <= 100.0, "meets_20hz": a_total <= 50.0,
+                    "upper_bound_ms": total * factor,
+                    "rule": "compute-bound stages x factor, memory-bound stages as estimated; upper bound: all x factor"}
     return {
         "target": chip.key, "chip": chip.name, "precision": precision, "note": ESTIMATE_NOTE,
-        "stages": stages, "estimate_ms": total, "roofline_ms": roof_total,
+        "stages": stages, "estimate_ms": total, "roofline_ms": roof_total, "anchored": anchored,
         "fps": 1e3 / total if total > 0 else float("inf"),
         "energy_mj_per_frame": chip.power_w * total if chip.power_w else None,
         "meets_10hz": total <= 100.0, "meets_20hz": total <= 50.0, "memory": memory,
@@ -186,7 +220,8 @@ def estimate_targets(costs_by_precision: Mapping[str, Mapping[str, Mapping[str, 
                      corrections: Optional[Mapping[str, float]] = None, graph_ops: Iterable[str] = (),
                      footprint_by_precision: Optional[Mapping[str, float]] = None,
                      precisions: Sequence[str] = ("int8", "fp16")) -> dict[str, dict[str, Any]]:
-    """``{target: {precision: estimate}}``; fp16 is skipped on chips without an FP16 datapath."""
+    """``{target: {precision: estimate}}``; fp16 is skipped on chips without an FP16 datapath. INT8 estimates on a
+    chip with a published anchor carry the ``anchored`` figures (the anchors are INT8 measurements)."""
     out: dict[str, dict[str, Any]] = {}
     ops = list(graph_ops)
     for chip in targets:
@@ -195,24 +230,27 @@ def estimate_targets(costs_by_precision: Mapping[str, Mapping[str, Mapping[str, 
             if p == "fp16" and not chip.fp16_tflops:
                 continue
             fp = (footprint_by_precision or {}).get(p)
-            out[chip.key][p] = estimate(costs_by_precision[p], chip, p, corrections, ops, fp)
+            anchor = None
+            if p == "int8" and chip.anchor:
+                anchor = anchor_check(chip, (corrections or {}).get("backbone", 1.0))
+            out[chip.key][p] = estimate(costs_by_precision[p], chip, p, corrections, ops, fp, anchor=anchor)
     return out
 
 
-def fastbev_backbone_check(catalogue: Optional[Mapping[str, Chip]] = None, target: str = "orin-x",
-                           correction: float = 1.0) -> dict[str, Any]:
-    """Sanity check against a published figure: a ResNet-18 (width 64) on 6 x 3 x 256 x 704 images, INT8,
-    estimated on ``target`` vs CUDA-FastBEV's 13.9 ms backbone on AGX Orin (docs: ANCHORS.md).
-    FLOPs are counted on the meta device (no compute)."""
+def anchor_check(chip: Chip, correction: float = 1.0) -> dict[str, Any]:
+    """The estimator on the chip's anchor network against its published figure: a ResNet-18 (width 64) backbone
+    on ``anchor.input`` images, INT8, with the host's backbone correction (Orin X: CUDA-FastBEV's 13.9 ms
+    backbone on AGX Orin, ANCHORS.md). FLOPs and conv activations are counted on the meta device (no compute)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from drive.models.backbone import ResNetBackbone
 
-    chip = get_targets([target], catalogue)[0]
+    if not chip.anchor:
+        raise DeployError(f"{chip.key}: no published anchor in the catalogue")
     with torch.device("meta"):
         net = ResNetBackbone(block="basic", layers=(2, 2, 2, 2), base_width=64, out_indices=(3,)).eval()
-        x = torch.empty(6, 3, 256, 704)
+        x = torch.empty(*chip.anchor["input"])
     act = [0]
 
     def hook(m, inp, out):
@@ -228,8 +266,8 @@ def fastbev_backbone_check(catalogue: Optional[Mapping[str, Chip]] = None, targe
     weights = float(sum(p.numel() for p in net.parameters()))
     costs = {"backbone": {"flops": flops, "flops_float": 0.0, "bytes": weights + act[0], "weight_bytes": weights}}
     est = estimate(costs, chip, "int8", {"backbone": correction})
-    published = 13.9
-    return {"what": "ResNet-18 backbone, 6 x 3 x 256 x 704, INT8", "gflop": flops / 1e9, "target": target,
-            "estimate_ms": est["estimate_ms"], "roofline_ms": est["roofline_ms"], "published_ms": published,
-            "published_over_estimate": published / est["estimate_ms"],
-            "source": "CUDA-FastBEV R18 on AGX Orin int8: backbone 13.9 ms (ANCHORS.md)", "note": ESTIMATE_NOTE}
+    published = chip.anchor["published_ms"]
+    return {"what": chip.anchor["what"], "gflop": flops / 1e9, "target": chip.key,
+            "estimate_ms": est["estimate_ms"], "roofline_ms": est["roofline_ms"], "bound": est["stages"]["backbone"]["bound"],
+            "published_ms": published, "published_over_estimate": published / est["estimate_ms"],
+            "source": chip.anchor["source"], "note": ESTIMATE_NOTE}

@@ -177,6 +177,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         targets = result["targets"]
         header = ["model", "params M", "GFLOP", "eager p50 ms", "ORT fp32 p50", "ORT int8 p50", "host floor ms"]
         header += [f"{t} int8 est. ms" for t in targets]
+        anchored_targets = [t for t in targets if any((p["chips"][t].get("int8") or {}).get("anchored")
+                                                      for p in subjects.values())]
+        header += [f"{t} int8 anchored ms" for t in anchored_targets]
         rows = []
         for name, p in subjects.items():
             lat = p["latency"]
@@ -185,6 +188,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                    lat.get("ort_fp32", {}).get("p50_ms"), lat.get("ort_int8", {}).get("p50_ms"),
                    p["host_roofline"]["floor_ms"]]
             row += [p["chips"][t].get("int8", {}).get("estimate_ms") for t in targets]
+            row += [((p["chips"][t].get("int8") or {}).get("anchored") or {}).get("estimate_ms") for t in anchored_targets]
             rows.append(row)
         out += _table(header, rows)
     for name, p in subjects.items():
@@ -237,6 +241,16 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                              ", ".join(e["uncertain_figures"]) or "–"])
         out += _table(["target", "precision", "estimate ms", "roofline ms", "fps", "mJ / frame", "10 Hz", "20 Hz",
                        "memory fits", "ops to check", "uncertain figures"], rows)
+        for target, per in p["chips"].items():
+            a = (per.get("int8") or {}).get("anchored")
+            if a:
+                an = a["anchor"]
+                out += [f"Chip-side anchor on {target}: the estimator gives {an['estimate_ms']:.2f} ms for {an['what']} "
+                        f"against {an['published_ms']} ms published ({an['source']}): x{a['factor']:.1f}. Anchored INT8 "
+                        f"estimate (compute-bound stages x{a['factor']:.1f}, memory-bound as estimated): "
+                        f"{a['estimate_ms']:.1f} ms ({a['fps']:.0f} fps; 10 Hz {_fmt(a['meets_10hz'])}, 20 Hz "
+                        f"{_fmt(a['meets_20hz'])}); every stage x{a['factor']:.1f} (upper bound): {a['upper_bound_ms']:.1f} ms. "
+                        "Per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in a["stages"].items()), ""]
         first = next(iter(p["chips"].values()), {})
         if first:
             e = next(iter(first.values()))
@@ -271,6 +285,9 @@ def plot_stage_latency(result: Mapping[str, Any], path: str) -> None:
         for target, per in p["chips"].items():
             if "int8" in per:
                 series[f"{target} int8 (estimate)"] = [per["int8"]["stages"].get(s, {}).get("estimate_ms", 0) for s in stages]
+                if per["int8"].get("anchored"):
+                    series[f"{target} int8 (anchored estimate)"] = [per["int8"]["anchored"]["stages"].get(s, 0)
+                                                                     for s in stages]
         width = 0.8 / len(series)
         x = np.arange(len(stages))
         for i, (label, vals) in enumerate(series.items()):

@@ -136,7 +136,8 @@ def render_markdown(summary: dict) -> str:
         if reps and reps[-1].get("chips"):
             for target, per in reps[-1]["chips"].items():
                 for p, e in per.items():
-                    lines.append(f"- {s} r{reps[-1]['round']} on {target} ({p}): {_fmt(e['estimate_ms'], 1)} ms, "
+                    anchored = f" (anchored {_fmt(e['anchored_ms'], 1)} ms)" if e.get("anchored_ms") is not None else ""
+                    lines.append(f"- {s} r{reps[-1]['round']} on {target} ({p}): {_fmt(e['estimate_ms'], 1)} ms{anchored}, "
                                  f"10 Hz {'yes' if e['meets_10hz'] else 'no'}, 20 Hz {'yes' if e['meets_20hz'] else 'no'}, "
                                  f"memory {'fits' if e['fits'] else 'does not fit'}, unsupported ops: "
                                  f"{', '.join(e['unsupported_ops']) or 'none'}")

@@ -105,7 +105,8 @@ def profile(cfg: LoopConfig, name: str, exp: dict, report_dir: str) -> dict:
     prof = res["subjects"][name]
     lat = {k: v["p50_ms"] for k, v in prof["latency"].items()}
     chips = {t: {p: {"estimate_ms": e["estimate_ms"], "meets_10hz": e["meets_10hz"], "meets_20hz": e["meets_20hz"],
-                     "fits": e["memory"]["fits"], "unsupported_ops": sorted(e["unsupported_ops"])}
+                     "fits": e["memory"]["fits"], "unsupported_ops": sorted(e["unsupported_ops"]),
+                     "anchored_ms": (e.get("anchored") or {}).get("estimate_ms")}
                  for p, e in per.items()} for t, per in prof["chips"].items()}
     return {"report": os.path.join(report_dir, "profile.md"), "latency_p50_ms": lat, "chips": chips,
             "file_bytes": prof["file_bytes"]}
