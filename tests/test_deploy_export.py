@@ -224,6 +224,7 @@ def test_model_card_has_every_field(exported) -> None:
         assert card["parity"]["figures"]
     int8 = json.load(open(cards["int8"]))
     assert int8["calibration"]["frames"] == 16 and "LayerNormalization" in int8["precision_report"]["by_op_type"]
+    assert int8["precision_report"]["quantized_by_stage"].get("backbone", 0) > 0
 
 
 def test_graph_flops_agree_with_torch_counter(exported) -> None:

@@ -36,8 +36,8 @@ def card_path_for(onnx_path: str) -> str:
 def _precision_summary(report: Optional[Mapping[str, Any]]) -> Optional[dict]:
     if not report:
         return None
-    keep = ("scheme", "converter", "io", "by_op_type", "other_nodes_kept", "quantized_nodes", "kept_float_candidates",
-            "note", "reasons")
+    keep = ("scheme", "converter", "io", "by_op_type", "other_nodes_kept", "quantized_nodes", "quantized_by_stage",
+            "kept_float_candidates", "note", "reasons")
     return {k: report[k] for k in keep if k in report}
 
 

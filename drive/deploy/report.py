@@ -133,8 +133,9 @@ def run_profile(subjects: Sequence[ProfileSubject], targets: Iterable[str] | str
             prof["chips"] = estimate_targets(costs, chips, corrections, {n.op_type for n in fp32.graph.node}, footprint)
             prof["onnx_paths"] = paths
             if subject.quant_report:
-                prof["int8_report"] = {k: subject.quant_report[k] for k in
-                                       ("scheme", "by_op_type", "quantized_nodes", "kept_float_candidates", "calibration")}
+                keys = ("scheme", "by_op_type", "quantized_nodes", "quantized_by_stage", "kept_float_candidates",
+                        "calibration")
+                prof["int8_report"] = {k: subject.quant_report[k] for k in keys if k in subject.quant_report}
             result["subjects"][subject.name] = prof
         if accuracy:
             result["accuracy"] = accuracy
@@ -226,7 +227,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             r = p["int8_report"]
             out += ["### INT8: kept in float", "",
                     f"Scheme: {r['scheme']}. Calibration: {r['calibration']}. Quantized: {r['quantized_nodes']}; "
-                    f"kept float among candidates: {r['kept_float_candidates']}.", ""]
+                    f"kept float among candidates: {r['kept_float_candidates']}; quantized per stage: "
+                    f"{r.get('quantized_by_stage', '–')}.", ""]
             out += _table(["op type", "count", "reasons"],
                           [[t, v["count"], "; ".join(f"{k} ({c})" for k, c in v["reasons"].items())]
                            for t, v in r["by_op_type"].items()])
