@@ -172,7 +172,7 @@ def test_cli_exits_non_zero_on_short_calibration_and_unknown_target(exported, tm
     args = parser.parse_args([exported.ckpt, "--out", str(tmp_path / "x"), "--precision", "int8", "--calib-samples", "5"])
     assert export_command(args, load, lambda: iter(exported.calib[:3])) == 2
     assert "asked for 5 but the source yielded only 3" in capsys.readouterr().err
-    assert not list((tmp_path / "x").glob("*.onnx"))  # failed before exporting anything
+    assert not (tmp_path / "x").exists()  # failed before exporting anything; the directory it made is gone too
     parser = argparse.ArgumentParser()
     add_profile_arguments(parser)
     args = parser.parse_args([exported.fp32, "--targets", "orin-x,hal9000"])
@@ -269,11 +269,13 @@ def test_export_failing_after_the_fp32_graph_leaves_no_model(exported, tmp_path,
         raise RuntimeError("quantizer crashed")
 
     monkeypatch.setattr(quantize, "quantize_int8", broken)
-    out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="quantizer crashed"):
-        run_export(lambda path: (exported.model, exported.cfg, {}), exported.ckpt, str(out), "int8",
-                   lambda: iter(exported.calib + exported.held_out), calib_samples=16)
-    assert os.listdir(out) == []
+    mine = tmp_path / "mine"  # a directory the user made stays (empty); one the export made is removed
+    mine.mkdir()
+    for out in (tmp_path / "out", mine):
+        with pytest.raises(RuntimeError, match="quantizer crashed"):
+            run_export(lambda path: (exported.model, exported.cfg, {}), exported.ckpt, str(out), "int8",
+                       lambda: iter(exported.calib + exported.held_out), calib_samples=16)
+    assert not (tmp_path / "out").exists() and os.listdir(mine) == []
 
 
 def test_a_peak_tied_with_its_neighbour_is_not_decisive() -> None:

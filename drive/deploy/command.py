@@ -41,7 +41,21 @@ def run_export(load_model: Callable[[str], tuple[DrivingModel, ModelConfig, dict
         raise DeployError(f"unknown precision {precision!r} (expected fp32, fp16 or int8)")
     if precision == "int8" and calib_iter_factory is None:
         raise CalibrationError("int8 needs calibration data: pass calib_iter_factory")
+    created = not os.path.exists(out_dir)
     out_dir = check_writable_dir(out_dir)
+    try:
+        return _checked_export(load_model, ckpt_path, out_dir, precision, calib_iter_factory, calib_samples, opset,
+                               parity_frames)
+    except BaseException:
+        if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)  # a failed export leaves no trace, not even the directory it made
+        raise
+
+
+def _checked_export(load_model, ckpt_path: str, out_dir: str, precision: str, calib_iter_factory, calib_samples: int,
+                    opset: int, parity_frames: int) -> dict:
+    from drive.deploy.quantize import CalibrationError, take_samples
+
     calib, held_out = None, None
     if precision == "int8":  # fail before any work when the calibration set is short
         frames = take_samples(calib_iter_factory(), calib_samples + parity_frames, what="calibration frames",

@@ -9,13 +9,14 @@ training uses) and the weights are loaded strictly: a missing, unexpected or dif
 """
 from __future__ import annotations
 
-from drive.hashing import sha256_file
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
+from drive.hashing import sha256_file
 from drive.models.build import ModelConfig, build_model
 from drive.models.model import DrivingModel
 
@@ -74,7 +75,9 @@ def _read(path: str) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or pickled objects that weights_only refuses
-        raise EvalError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        what = ("not a torch.save archive (a Lightning .ckpt is a zip file)" if not zipfile.is_zipfile(path)
+                else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+        raise EvalError(f"cannot read checkpoint {path}: {what}") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise EvalError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     return ckpt
