@@ -151,3 +151,19 @@ def test_host_corrections_and_latency_stats() -> None:
     reset_peak_rss()
     m = rss_mb()
     assert m["peak_mb"] >= m["current_mb"] > 0
+
+
+def test_profile_subject_names_are_distinct() -> None:
+    from drive.deploy.export import DeployError
+    from drive.deploy.report import ProfileSubject, run_profile, subject_names
+
+    # two runs' last.ckpt: named by their run directories, not both "last" (one would overwrite the other)
+    assert subject_names(["out/edge30/checkpoints/last.ckpt", "out/cloud/checkpoints/last.ckpt"]) == \
+        ["edge30/last", "cloud/last"]
+    assert subject_names(["exp/model_fp32.onnx", "run/checkpoints/last.ckpt"]) == ["model_fp32", "last"]
+    assert subject_names(["x/a/last.ckpt", "y/a/last.ckpt"]) == ["x/a/last", "y/a/last"]
+    with pytest.raises(DeployError, match="the same model is given twice"):
+        subject_names(["a/last.ckpt", "a/last.ckpt"])
+    with pytest.raises(DeployError, match="distinct names"):
+        run_profile([ProfileSubject("m", onnx={"fp32": "a.onnx"}), ProfileSubject("m", onnx={"fp32": "b.onnx"})],
+                    "orin-x", None)

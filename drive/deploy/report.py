@@ -106,6 +106,9 @@ def run_profile(subjects: Sequence[ProfileSubject], targets: Iterable[str] | str
     """
     from drive.deploy.quantize import sensitive_nodes
 
+    names = [s.name for s in subjects]
+    if len(set(names)) < len(names):
+        raise DeployError(f"profile subjects need distinct names, got {names}")
     chips = get_targets(targets, load_catalogue(catalogue_path))
     if report_dir is not None:
         report_dir = check_writable_dir(report_dir)
@@ -383,7 +386,8 @@ def add_profile_arguments(parser) -> None:
     parser.add_argument("--precisions", default="fp32,int8", help="host variants to time (fp32 always)")
     parser.add_argument("--eval", action="append", default=[], metavar="[NAME:]PREC=PATH",
                         help="drive-eval output (dir or metrics.json) of a precision, for the accuracy-vs-latency "
-                             "plot; NAME defaults to the first model; repeat per precision / model")
+                             "plot; NAME (the model's report name: its file stem, or run/stem when two stems "
+                             "collide) defaults to the first model; repeat per precision / model")
 
 
 def eval_accuracy(specs: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, dict]]:
@@ -408,6 +412,22 @@ def eval_accuracy(specs: Sequence[str], names: Sequence[str]) -> dict[str, dict[
     return out
 
 
+def subject_names(paths: Sequence[str]) -> list[str]:
+    """A report name per model path: the file stem, or, where stems collide (two runs' ``last.ckpt``), the stem
+    with as many parent directories as make it unique (``checkpoints`` folders skipped): ``edge30/last``."""
+    parts = [[p for p in os.path.normpath(os.path.abspath(path)).split(os.sep)[:-1] if p and p != "checkpoints"]
+             for path in paths]
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    names = list(stems)
+    depth = 0
+    while len(set(names)) < len(names) and depth < max(len(p) for p in parts):
+        depth += 1
+        names = [stem if stems.count(stem) == 1 else "/".join(p[-depth:] + [stem]) for stem, p in zip(stems, parts)]
+    if len(set(names)) < len(names):
+        raise DeployError(f"the same model is given twice: {sorted(paths)}")
+    return names
+
+
 def profile_command(args, load_model: Callable[[str], tuple]) -> int:
     """Run ``drive profile`` from parsed ``args``. ``.onnx`` arguments are profiled as graphs (a sibling
     ``model_int8.onnx`` / ``model_fp16.onnx`` is picked up); anything else goes through the injected
@@ -416,8 +436,7 @@ def profile_command(args, load_model: Callable[[str], tuple]) -> int:
 
     try:
         subjects = []
-        for path in args.models:
-            name = os.path.splitext(os.path.basename(path))[0]
+        for path, name in zip(args.models, subject_names(args.models)):
             if path.endswith(".onnx"):
                 graphs = {"fp32": path}
                 for prec in ("fp16", "int8"):
