@@ -5,7 +5,7 @@ import pytest
 
 from drive.deploy.accuracy import accuracy_deltas
 from drive.deploy.export import DeployError
-from drive.deploy.report import eval_accuracy
+from drive.deploy.profile_cli import eval_accuracy
 from drive.evaluation.errors import EvalError
 from drive.evaluation.summary import load_eval_summary
 

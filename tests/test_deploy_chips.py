@@ -155,7 +155,8 @@ def test_host_corrections_and_latency_stats() -> None:
 
 def test_profile_subject_names_are_distinct() -> None:
     from drive.deploy.export import DeployError
-    from drive.deploy.report import ProfileSubject, run_profile, subject_names
+    from drive.deploy.profile_cli import subject_names
+    from drive.deploy.report import ProfileSubject, run_profile
 
     # two runs' last.ckpt: named by their run directories, not both "last" (one would overwrite the other)
     assert subject_names(["out/edge30/checkpoints/last.ckpt", "out/cloud/checkpoints/last.ckpt"]) == \

@@ -164,7 +164,7 @@ def test_cli_exits_non_zero_on_short_calibration_and_unknown_target(exported, tm
     import argparse
 
     from drive.deploy.command import add_export_arguments, export_command
-    from drive.deploy.report import add_profile_arguments, profile_command
+    from drive.deploy.profile_cli import add_profile_arguments, profile_command
 
     load = lambda path: (exported.model, exported.cfg, {})  # noqa: E731
     parser = argparse.ArgumentParser()

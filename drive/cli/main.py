@@ -47,7 +47,7 @@ def _export(args) -> int:
 
 
 def _profile(args) -> int:
-    from drive.deploy.report import profile_command
+    from drive.deploy.profile_cli import profile_command
 
     return profile_command(args, _load_model)
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", default=None, help="picture path (default: ROOT/inspect.png)")
     i.set_defaults(func=_inspect)
     from drive.deploy.command import add_export_arguments
-    from drive.deploy.report import add_profile_arguments
+    from drive.deploy.profile_cli import add_profile_arguments
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX (fp32 / fp16 / int8) with parity and a model card")
     add_export_arguments(e)

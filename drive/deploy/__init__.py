@@ -11,7 +11,7 @@ The model stays plain PyTorch; everything here wraps a built ``DrivingModel`` + 
 * ``profile``  host measurement: latency percentiles, peak RSS, params / FLOPs / bytes per stage,
                onnxruntime per-operator profile, matmul probe, host roofline.
 * ``chips``    catalogue (``configs/deploy/chips.yaml``) and per-stage roofline ESTIMATES.
-* ``report``   ``run_profile`` / ``add_profile_arguments`` / ``profile_command`` for ``drive profile``;
+* ``report``   ``run_profile`` and the report files of ``drive profile``; ``profile_cli`` its arguments and command;
                profile.json / profile.md / plots, several models side by side.
 * ``card``     ``write_model_card``: ``<model>.card.json`` next to each graph.
 

@@ -35,7 +35,7 @@ def run_export(load_model: Callable[[str], tuple[DrivingModel, ModelConfig, dict
 
     Returns a summary dict (paths, parity, quantization report, card paths).
     """
-    from drive.deploy.quantize import CalibrationError, take_samples
+    from drive.deploy.quantize import CalibrationError
 
     if precision not in ("fp32", "fp16", "int8"):
         raise DeployError(f"unknown precision {precision!r} (expected fp32, fp16 or int8)")
