@@ -69,6 +69,14 @@ def test_run_writes_config_logs_checkpoints_picture_and_resumes(synth_world, tmp
     assert (run / "csv" / "version_0" / "metrics.csv").exists() and (run / "csv" / "version_1" / "metrics.csv").exists()
 
 
+def test_bad_data_root_is_one_clear_error(tmp_path):
+    proc = drive_train("debug=fast", f"data.root={tmp_path / 'nowhere'}", "synth=null",
+                       f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2
+    assert f"drive-train: error: nuScenes root not found: {tmp_path / 'nowhere'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_multirun_sweep(synth_world, tmp_path):
     sweep = tmp_path / "sweep"
     drive_train("-m", "debug=fast", f"data.root={synth_world}", f"hydra.sweep.dir={sweep}", "threads=1",

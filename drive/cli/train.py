@@ -11,19 +11,29 @@
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 CONFIG_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+log = logging.getLogger("drive.train")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
+    from drive.data.errors import DataError
+    from drive.evaluation.errors import EvalError
     from drive.training.run import objective, train
 
-    return objective(cfg, train(cfg))
+    try:
+        return objective(cfg, train(cfg))
+    except (DataError, EvalError) as e:  # bad data root / tables, unreadable init_from checkpoint: one line, exit 2
+        log.error("%s", e)
+        print(f"drive-train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
