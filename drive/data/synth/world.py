@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import asdict
+from typing import Sequence
 
 import numpy as np
 from pyquaternion import Quaternion
@@ -33,9 +34,13 @@ MINI_VAL = ("scene-0103", "scene-0916")
 CUSTOM_SPLITS = ("synth_train", "synth_val")  # 'train'/'val' are the devkit's own trainval splits
 
 
-def plan_world(scenes: int, seed: int, width: int, height: int, knobs: WorldKnobs | None = None,
-               keyframes: int = 40, scene_prefix: str | None = None, all_split: str | None = None) -> list[ScenePlan]:
+def plan_world(scenes: int, seed: int, width: int, height: int,
+               knobs: WorldKnobs | Sequence[WorldKnobs] | None = None, keyframes: int = 40,
+               scene_prefix: str | None = None, all_split: str | None = None) -> list[ScenePlan]:
     """Scene names, splits and layouts. The first ten reuse the nuScenes mini names.
+
+    ``knobs``: one ``WorldKnobs`` for every scene, or a sequence of one per scene (a fleet that mixes ordinary
+    drives with long-tail ones).
 
     ``scene_prefix``: name the scenes ``f"{scene_prefix}-{i:04d}"`` instead (worlds that must not collide
     with another world's scene names, e.g. fleet drives next to the base world). ``all_split`` ("train" or
@@ -45,6 +50,7 @@ def plan_world(scenes: int, seed: int, width: int, height: int, knobs: WorldKnob
         raise ValueError(f"all_split must be 'train', 'val' or None, got {all_split!r}")
     if scene_prefix is not None and (not scene_prefix or "/" in scene_prefix or scene_prefix != scene_prefix.strip()):
         raise ValueError(f"scene_prefix must be a non-empty name without '/' or spaces around it, got {scene_prefix!r}")
+    per_scene = _per_scene_knobs(knobs, scenes)
     rng = np.random.default_rng(seed)
     names = list(MINI_TRAIN) + list(MINI_VAL)
     plans = []
@@ -60,13 +66,28 @@ def plan_world(scenes: int, seed: int, width: int, height: int, knobs: WorldKnob
             split = "val" if i % 5 == 4 else "train"
         split = all_split or split
         plans.append(ScenePlan(i, name, split, "", split == "val", seed, keyframes, width, height,
-                               asdict(knobs or WorldKnobs())))
+                               asdict(per_scene[i])))
     # Every layout in both splits: cycle the layouts over each split in a seeded order.
     for split in ("train", "val"):
         order = list(rng.permutation(LAYOUTS))
         for j, p in enumerate([p for p in plans if p.split == split]):
             p.layout = str(order[j % len(order)])
     return plans
+
+
+def _per_scene_knobs(knobs: WorldKnobs | Sequence[WorldKnobs] | None, scenes: int) -> list[WorldKnobs]:
+    if knobs is None or isinstance(knobs, WorldKnobs):
+        return [knobs or WorldKnobs()] * scenes
+    per_scene = list(knobs)
+    if len(per_scene) != scenes or not all(isinstance(k, WorldKnobs) for k in per_scene):
+        raise ValueError(f"knobs: one WorldKnobs per scene expected ({scenes}), got {len(per_scene)} items")
+    return per_scene
+
+
+def _common_knobs(results: list[SceneResult]) -> dict | None:
+    """The knobs every scene shares (None when they differ: then each scene's entry says its own)."""
+    first = results[0].plan.knobs
+    return first if all(r.plan.knobs == first for r in results) else None
 
 
 def _tok(seed: int, *parts) -> str:
@@ -174,7 +195,7 @@ def _prefix_files(res: SceneResult, root: str) -> None:
 
 
 def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, height: int = 450,
-                   workers: int = 2, knobs: WorldKnobs | None = None, keyframes: int = 40,
+                   workers: int = 2, knobs: WorldKnobs | Sequence[WorldKnobs] | None = None, keyframes: int = 40,
                    overwrite: bool = False, scene_prefix: str | None = None, all_split: str | None = None) -> dict:
     """Generate the world into ``out`` (atomically). Returns a summary dict.
 
@@ -206,8 +227,8 @@ def generate_world(out: str, scenes: int = 10, seed: int = 0, width: int = 800, 
                   "synth_val": [r.plan.name for r in results if r.plan.split == "val"]}
         with open(os.path.join(vdir, "splits.json"), "w") as f:
             json.dump(splits, f, indent=1)
-        world = {"seed": seed, "width": width, "height": height, "knobs": asdict(knobs or WorldKnobs()),
-                 "scenes": [{"name": r.plan.name, "split": r.plan.split, "layout": r.plan.layout,
+        world = {"seed": seed, "width": width, "height": height, "knobs": _common_knobs(results),
+                 "scenes": [{"name": r.plan.name, "split": r.plan.split, "layout": r.plan.layout, "knobs": r.plan.knobs,
                              "events": r.events, "lighting": r.lighting, "attempt": r.attempt,
                              "missing_classes": r.missing_classes} for r in results],
                  "situations": {_tok(seed, "sample", r.plan.name, k): {"situation": kf["situation"],
