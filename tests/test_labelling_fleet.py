@@ -12,7 +12,7 @@ from drive.data.synth.scenario import WorldKnobs
 from drive.data.synth.world import MINI_TRAIN, MINI_VAL, plan_world
 from drive.labelling.errors import LabellingError
 from drive.labelling.fleet import (FLEET_VERSION, LONGTAIL_KNOBS, generate_fleet, generate_longtail_val, list_clips,
-                                   longtail_knobs, validate_clip)
+                                   longtail_knobs, longtail_mask, validate_clip)
 from drive.labelling.tables import read_table, write_json
 from drive.types import CAMERAS
 
@@ -35,6 +35,42 @@ def test_plan_world_prefix_and_all_split():
         plan_world(2, 0, 160, 90, all_split="test")
 
 
+def test_plan_world_takes_one_knobs_per_scene():
+    tail = WorldKnobs(dusk_prob=1.0)
+    plans = plan_world(3, 0, 160, 90, knobs=[WorldKnobs(), tail, WorldKnobs()], keyframes=2)
+    assert [p.knobs["dusk_prob"] for p in plans] == [WorldKnobs().dusk_prob, 1.0, WorldKnobs().dusk_prob]
+    assert all(p.knobs["dusk_prob"] == 1.0 for p in plan_world(2, 0, 160, 90, knobs=tail, keyframes=2))
+    with pytest.raises(ValueError, match="one WorldKnobs per scene expected \\(3\\), got 2"):
+        plan_world(3, 0, 160, 90, knobs=[tail, tail], keyframes=2)
+
+
+def test_longtail_mask_counts_and_seed():
+    m = longtail_mask(12, 0.25, seed=5)
+    assert len(m) == 12 and sum(m) == 3
+    assert longtail_mask(12, 0.25, seed=5) == m  # deterministic in the seed
+    assert any(longtail_mask(12, 0.25, seed=s) != m for s in range(6, 12))  # and it depends on it
+    assert sum(longtail_mask(12, 0.01, seed=5)) == 1  # a positive share always gives at least one clip
+    assert longtail_mask(4, 0.0, seed=5) == [False] * 4 and longtail_mask(4, 1.0, seed=5) == [True] * 4
+    with pytest.raises(LabellingError, match="longtail_frac must be in \\[0, 1\\], got 1.5"):
+        longtail_mask(4, 1.5, seed=5)
+
+
+def test_mixed_fleet_marks_its_longtail_scenes(tmp_path):
+    info = generate_fleet(str(tmp_path / "mixed"), round_index=3, scenes=2, seed=21, keyframes=2, workers=1,
+                          longtail_frac=0.5, knobs={"dusk_prob": 1.0})
+    assert len(info.longtail_scenes) == 1 and set(info.longtail_scenes) < set(info.scene_names)
+    world = json.load(open(os.path.join(info.root, info.truth_version, "drive_world.json")))
+    assert world["knobs"] is None  # the scenes differ: each says its own
+    knobs = {s["name"]: s["knobs"] for s in world["scenes"]}
+    for name in info.scene_names:
+        lt = name in info.longtail_scenes
+        assert knobs[name]["dusk_prob"] == (1.0 if lt else WorldKnobs().dusk_prob), name
+        assert knobs[name]["jaywalk_frac"] == (LONGTAIL_KNOBS["jaywalk_frac"] if lt else WorldKnobs().jaywalk_frac)
+    with pytest.raises(LabellingError, match="longtail_frac"):  # a different mix is a different fleet
+        generate_fleet(info.root, round_index=3, scenes=2, seed=21, keyframes=2, workers=1, longtail_frac=1.0,
+                       knobs={"dusk_prob": 1.0})
+
+
 def test_longtail_knobs_turn_the_tail_up():
     defaults = WorldKnobs()
     assert set(LONGTAIL_KNOBS) <= {f.name for f in fields(WorldKnobs)}
@@ -47,6 +83,7 @@ def test_longtail_knobs_turn_the_tail_up():
 
 def test_upload_has_no_labels_but_the_truth_has(fleet):
     assert fleet.scene_names == ["fleet01-0000", "fleet01-0001"]
+    assert fleet.longtail_scenes == fleet.scene_names  # longtail_frac defaults to 1: all of them
     up = open_nuscenes(fleet.root, FLEET_VERSION)
     truth = open_nuscenes(fleet.root, fleet.truth_version)
     assert len(up.sample_annotation) == 0 and len(up.instance) == 0

@@ -27,7 +27,8 @@ class BaseData:
 
 @dataclass
 class FleetConfig:
-    """New drives of every round: ``scenes`` clips of ``keyframes`` at 2 Hz, long-tail knobs turned up."""
+    """New drives of every round: ``scenes`` clips of ``keyframes`` at 2 Hz; ``longtail_frac`` of them with the
+    long-tail knobs turned up, the rest ordinary driving (which ones is hidden truth the triggers must find)."""
 
     scenes: int = 6
     keyframes: int = 10
@@ -36,6 +37,7 @@ class FleetConfig:
     seed: int = 1000  # round r drives with seed + r
     workers: int = 2
     knobs: dict = field(default_factory=dict)  # overrides on top of drive.labelling.fleet.LONGTAIL_KNOBS
+    longtail_frac: float = 0.25  # 1.0: every clip long-tail, i.e. the same distribution as the long-tail val world
 
 
 @dataclass

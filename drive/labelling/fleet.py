@@ -1,7 +1,10 @@
 """Fleet drives: what the cars upload each round, the hidden truth behind it, and the checks an upload must pass.
 
-In this world the fleet is the synthetic world generator run with other seeds and the long tail turned up
-(jaywalkers, rare vehicle classes, stopped vehicles in lane, cut-ins, dusk). One round's drives live in one root:
+In this world the fleet is the synthetic world generator run with other seeds. A share ``longtail_frac`` of the
+scenes (chosen by the seed) has the long tail turned up (jaywalkers, rare vehicle classes, stopped vehicles in lane,
+cut-ins, dusk); the rest is ordinary driving with the base world's knobs, as most of a real fleet's miles are.
+Which scenes are long-tail is hidden truth (``fleet.json``'s ``longtail_scenes``): the triggers must find them,
+the round report counts how many they uploaded. One round's drives live in one root:
 
     <root>/samples/..., maps/...   sensor and map files; names start with the scene name (``fleet03-0001__...``)
     <root>/v1.0-mini/              the HIDDEN TRUTH: the full world with annotations. Only the simulated annotator
@@ -28,6 +31,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 
 import cv2
+import numpy as np
 
 from drive.data.nusc import TABLES
 from drive.data.synth.scenario import WorldKnobs
@@ -84,7 +88,8 @@ class FleetInfo:
     width: int
     height: int
     keyframes: int
-    knobs: dict = field(default_factory=dict)
+    knobs: dict = field(default_factory=dict)  # the long-tail scenes' knobs (the others: ``WorldKnobs()``)
+    longtail_scenes: list[str] = field(default_factory=list)  # hidden truth: which scenes have the long tail up
     truth_version: str = TRUTH_VERSION
     fleet_version: str = FLEET_VERSION
     split: str = FLEET_SPLIT
@@ -163,30 +168,47 @@ def _build_atomically(root: str, marker: str, params: dict, build) -> dict:
     return info
 
 
+def longtail_mask(scenes: int, frac: float, seed: int) -> list[bool]:
+    """Which of ``scenes`` scenes get the long-tail knobs: ``round(frac * scenes)`` of them (at least one when
+    ``frac > 0``), drawn by ``seed``."""
+    if not 0.0 <= frac <= 1.0:
+        raise LabellingError(f"fleet longtail_frac must be in [0, 1], got {frac}")
+    n = min(scenes, max(1 if frac > 0 else 0, int(round(frac * scenes))))
+    chosen = set(np.random.default_rng([int(seed), 7919]).choice(scenes, size=n, replace=False).tolist())
+    return [i in chosen for i in range(scenes)]
+
+
 def generate_fleet(truth_root: str, round_index: int, scenes: int, seed: int, width: int = 400, height: int = 225,
-                   keyframes: int = 8, knobs: dict | None = None, workers: int = 2) -> FleetInfo:
-    """New long-tail drives of round ``round_index`` in ``truth_root``: the hidden truth (``v1.0-mini``) and the
-    unlabelled upload (``v1.0-fleet``, split ``fleet``). Idempotent: a complete root with the same parameters is
-    reused; a half-made one is replaced."""
+                   keyframes: int = 8, knobs: dict | None = None, workers: int = 2,
+                   longtail_frac: float = 1.0) -> FleetInfo:
+    """New drives of round ``round_index`` in ``truth_root``: the hidden truth (``v1.0-mini``) and the unlabelled
+    upload (``v1.0-fleet``, split ``fleet``); ``longtail_frac`` of the scenes with the long-tail knobs, the rest
+    ordinary. Idempotent: a complete root with the same parameters is reused; a half-made one is replaced."""
     if scenes < 1 or keyframes < 1:
         raise LabellingError(f"generate_fleet: scenes and keyframes must be >= 1 (got {scenes}, {keyframes})")
     wk = longtail_knobs(knobs)
+    mask = longtail_mask(scenes, float(longtail_frac), seed)
     params = {"round_index": int(round_index), "seed": int(seed), "scenes": int(scenes), "width": int(width),
-              "height": int(height), "keyframes": int(keyframes), "knobs": asdict(wk)}
+              "height": int(height), "keyframes": int(keyframes), "knobs": asdict(wk),
+              "longtail_frac": float(longtail_frac)}
 
     def build(world: str) -> dict:
-        generate_world(world, scenes=scenes, seed=seed, width=width, height=height, workers=workers, knobs=wk,
-                       keyframes=keyframes, scene_prefix=f"{FLEET_SCENE_PREFIX}{int(round_index):02d}", all_split="train")
+        generate_world(world, scenes=scenes, seed=seed, width=width, height=height, workers=workers,
+                       knobs=[wk if m else WorldKnobs() for m in mask], keyframes=keyframes,
+                       scene_prefix=f"{FLEET_SCENE_PREFIX}{int(round_index):02d}", all_split="train")
         names = [s["name"] for s in read_table(world, TRUTH_VERSION, "scene")]
         splits = read_json(os.path.join(world, TRUTH_VERSION, "splits.json"), "splits file")
         write_json(os.path.join(world, TRUTH_VERSION, "splits.json"), {**splits, FLEET_SPLIT: names})
         _write_stripped(world, names)
-        return {"scene_names": names, "samples": len(read_table(world, TRUTH_VERSION, "sample"))}
+        longtail = [f"{FLEET_SCENE_PREFIX}{int(round_index):02d}-{i:04d}" for i, m in enumerate(mask) if m]
+        return {"scene_names": names, "samples": len(read_table(world, TRUTH_VERSION, "sample")),
+                "longtail_scenes": longtail}
 
     info = _build_atomically(truth_root, FLEET_MARKER, params, build)
     return FleetInfo(root=info["root"], round_index=info["round_index"], seed=info["seed"],
                      scene_names=list(info["scene_names"]), samples=info["samples"], width=info["width"],
-                     height=info["height"], keyframes=info["keyframes"], knobs=info["knobs"])
+                     height=info["height"], keyframes=info["keyframes"], knobs=info["knobs"],
+                     longtail_scenes=list(info.get("longtail_scenes", info["scene_names"])))
 
 
 def _write_stripped(world: str, scene_names: list[str]) -> None:

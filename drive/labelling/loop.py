@@ -219,7 +219,7 @@ class Loop:
         def run():
             info = generate_fleet(self.paths.fleet(r), round_index=r, scenes=f.scenes, seed=f.seed + r, width=f.width,
                                   height=f.height, keyframes=f.keyframes, knobs=dict(f.knobs) or None,
-                                  workers=f.workers)
+                                  workers=f.workers, longtail_frac=f.longtail_frac)
             clips = list_clips(self.paths.fleet(r), FLEET_VERSION)
             return {"root": self.paths.fleet(r), "info": _plain(info),
                     "clips": [{"scene_token": c.scene_token, "scene_name": c.scene_name, "samples": len(c.sample_tokens),
