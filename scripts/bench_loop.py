@@ -91,7 +91,11 @@ def main() -> None:
             "plan_l2_avg_averaged": lt(rep, "plan_l2_avg_averaged"), "collision_avg_averaged": lt(rep, "collision_avg_averaged"),
             "teacher_mAP": ((rep["pseudo_label_quality"] or {}).get("teacher") or {}).get("mAP"),
             "edge_mAP": ((rep["pseudo_label_quality"] or {}).get("edge") or {}).get("mAP"),
-            "latency_ms": rep.get("latency_ms")} for rep in reps]
+            "latency_ms": rep.get("latency_ms"),
+            "longtail_uploaded": (rep.get("longtail_mining") or {}).get("uploaded_longtail"),
+            "fleet_longtail": (rep.get("longtail_mining") or {}).get("fleet_longtail"),
+            "trigger_auc": (rep.get("longtail_mining") or {}).get("clip_score_auc"),
+            "signal_auc": (rep.get("longtail_mining") or {}).get("signal_auc")} for rep in reps]
     print(json.dumps(figures, indent=1))
     parts = [f"start NDS {figures['start']['NDS']} L2 {figures['start']['plan_l2_avg_averaged']}"]
     for s, reps in figures["strategies"].items():
@@ -101,7 +105,10 @@ def main() -> None:
             em = [r["edge_mAP"] for r in reps if r["edge_mAP"] is not None]
             parts.append(f"{s}: NDS " + "/".join(str(r["NDS"]) for r in reps) + f" L2 {last['plan_l2_avg_averaged']} "
                          f"at cost {last['cost_cumulative']:.0f}"
-                         + (f", teacher mAP {sum(tm) / len(tm):.3f} vs edge {sum(em) / len(em):.3f}" if tm and em else ""))
+                         + (f", teacher mAP {sum(tm) / len(tm):.3f} vs edge {sum(em) / len(em):.3f}" if tm and em else "")
+                         + (", long-tail clips uploaded " + "/".join(f"{r['longtail_uploaded']} of {r['fleet_longtail']}"
+                                                                   for r in reps)
+                            if all(r["longtail_uploaded"] is not None for r in reps) else ""))
     summary_line = f"{a.rounds} rounds in {figures['wall_minutes']} min; " + "; ".join(parts)
     if a.no_record:
         with open(a.json, "w") as f:

@@ -35,6 +35,29 @@ def test_bad_loop_config_is_one_clear_error(tmp_path):
         Loop(cfg)
 
 
+def test_longtail_mining_counts_and_auc_on_a_hand_made_round():
+    from drive.labelling.report import longtail_mining
+
+    fleet = {"clips": [{"scene_token": t, "scene_name": f"fleet01-{i:04d}"} for i, t in enumerate("abcd")],
+             "info": {"longtail_scenes": ["fleet01-0000", "fleet01-0001"]}}  # a and b are long-tail
+
+    def clip(tok, score, flicker):
+        sig = {"uncertainty": 1.0, "flicker": flicker, "disagreement": 0.0, "rare": 0.0}
+        return {"scene_token": tok, "clip_score": score, "frames": [{"signals": sig}, {"signals": {**sig, "flicker": 0.0}}]}
+
+    mine = {"clips": [clip("a", 0.9, 4.0), clip("b", 0.5, 2.0), clip("c", 0.6, 2.0), clip("d", 0.1, 0.0)]}
+    out = longtail_mining(fleet, mine, uploaded=["a", "c"])
+    assert out["fleet_clips"] == 4 and out["fleet_longtail"] == 2 and out["uploaded_longtail"] == 1
+    # pairs (long-tail, ordinary): a>c, a>d, b<c, b>d -> 3 of 4
+    assert out["clip_score_auc"] == pytest.approx(0.75)
+    # flicker clip means a 2, b 1, c 1, d 0: a>c, a>d, b=c (half), b>d -> 3.5 of 4; uncertainty all tied
+    assert out["signal_auc"]["flicker"] == pytest.approx(0.875)
+    assert out["signal_auc"]["uncertainty"] == pytest.approx(0.5)
+    assert longtail_mining({"clips": fleet["clips"], "info": {}}, mine, ["a"]) is None  # a fleet without truth
+    one_sided = longtail_mining({**fleet, "info": {"longtail_scenes": []}}, mine, ["a"])
+    assert one_sided["clip_score_auc"] is None and one_sided["uploaded_longtail"] == 0
+
+
 @pytest.mark.timeout(1500)
 def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_path, monkeypatch):
     from drive.labelling.tables import read_tables
@@ -104,6 +127,8 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     assert all(a["provenance"]["teacher"] == loop.teacher_sha() for a in auto)
     assert rep["accepted_clips"] == 2 and rep["label_cost"] <= cfg.review.budget
     assert rep["longtail"]["NDS"] is not None and rep["latency_ms"] > 0
+    lm = rep["longtail_mining"]  # fleet.longtail_frac 0.25 of 3 clips: one long-tail clip
+    assert lm["fleet_clips"] == 3 and lm["fleet_longtail"] == 1 and 0 <= lm["uploaded_longtail"] <= 1
 
     human = loop.run_round("human", 1)  # its own mining meets the corrupt clip: skipped, the round goes on
     assert bad in read_json(os.path.join(loop.paths.round_dir("human", 1), "mine.json"))["failed"]
@@ -114,5 +139,5 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     assert set(summary["strategies"]) == {"triggers", "human"}
     assert os.path.isfile(os.path.join(loop.paths.root, "cost_vs_metric.png"))
     md = open(os.path.join(loop.paths.root, "report.md")).read()
-    assert "long-tail" in md and "CAM_FRONT" in md
+    assert "long-tail" in md and "CAM_FRONT" in md and "long-tail clips uploaded (fleet)" in md
     json.dumps(summary)

@@ -1,5 +1,6 @@
 """Round reports and the loop summary: what each strategy uploaded, labelled and paid, how good the labels
-were against the hidden truth, and how the edge model did on the long-tail val split, with its latency.
+were against the hidden truth, how many of the fleet's long-tail clips it uploaded, and how the edge model did
+on the long-tail val split, with its latency.
 
 ``round_report`` gathers one (strategy, round) from its step files; ``write_loop_report`` writes
 ``report.json``, ``report.md`` and ``cost_vs_metric.png`` (long-tail NDS and planning L2 against cumulative
@@ -23,6 +24,41 @@ def _get(d: Optional[dict], *keys, default=None):
             return default
         d = d[k]
     return d
+
+
+def longtail_mining(fleet: Optional[dict], mine: Optional[dict], uploaded: list[str]) -> Optional[dict]:
+    """How well the round's triggers found the long-tail clips (hidden truth, used only to report).
+
+    ``fleet`` / ``mine``: the round's fleet and mine step results; ``uploaded``: scene tokens the car sent.
+    Returns the number of long-tail clips in the fleet and among the uploads, and the ROC AUC (Mann-Whitney:
+    the chance a long-tail clip outscores an ordinary one, ties half) of the clip score and of each signal's
+    clip mean; None when the fleet does not say which clips are long-tail, AUCs None when one side is empty.
+    """
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    from .triggers import SIGNALS
+
+    names = {c["scene_token"]: c["scene_name"] for c in _get(fleet, "clips", default=[]) or []}
+    truth = _get(fleet, "info", "longtail_scenes")
+    if truth is None or not names:
+        return None
+    is_lt = {tok: name in set(truth) for tok, name in names.items()}
+    reports = [c for c in _get(mine, "clips", default=[]) or [] if c.get("scene_token") in is_lt]
+
+    def auc(values: dict) -> Optional[float]:
+        pos = [v for t, v in values.items() if is_lt[t]]
+        neg = [v for t, v in values.items() if not is_lt[t]]
+        if not pos or not neg:
+            return None
+        return float(mannwhitneyu(pos, neg, alternative="two-sided").statistic / (len(pos) * len(neg)))
+
+    signal_auc = {k: auc({c["scene_token"]: float(np.mean([fr["signals"][k] for fr in c["frames"]] or [0.0]))
+                          for c in reports}) for k in SIGNALS}
+    return {"fleet_clips": len(is_lt), "fleet_longtail": sum(is_lt.values()),
+            "uploaded_longtail": sum(bool(is_lt.get(t)) for t in uploaded),
+            "clip_score_auc": auc({c["scene_token"]: float(c.get("clip_score", 0.0)) for c in reports}),
+            "signal_auc": signal_auc}
 
 
 def round_report(loop: "Loop", strategy: str, r: int) -> dict:
@@ -52,6 +88,8 @@ def round_report(loop: "Loop", strategy: str, r: int) -> dict:
         "latency_ms": _get(f["profile"], "latency_p50_ms", f"ort_{prec}"),
         "chips": _get(f["profile"], "chips"),
         "trigger_summary": _get(f["mine"], "summary"),
+        "longtail_mining": longtail_mining(read_json(os.path.join(loop.paths.root, "fleet", f"r{r:02d}.json")),
+                                           f["mine"], _get(f["select"], "uploaded", default=[]) or []),
     }
 
 
@@ -121,16 +159,19 @@ def render_markdown(summary: dict) -> str:
                          f"{_fmt(rep.get('latency_ms'), 1)} |")
     lines += ["", "## Uploads, labels and label quality (devkit, against the hidden truth, on the uploaded frames)", "",
               "| strategy | round | uploaded (accepted) | MB | rejected | auto boxes | human frames / boxes | cost | "
-              "teacher mAP / NDS | edge mAP / NDS |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "teacher mAP / NDS | edge mAP / NDS | long-tail clips uploaded (fleet) | trigger AUC |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, reps in summary["strategies"].items():
         for rep in reps:
             q = rep.get("pseudo_label_quality") or {}
-            t, e = q.get("teacher") or {}, q.get("edge") or {}
+            t, e, lm = q.get("teacher") or {}, q.get("edge") or {}, rep.get("longtail_mining") or {}
             rej = "; ".join(f"{k[:8]}: {', '.join(v)}" for k, v in (rep.get("rejected") or {}).items()) or "-"
             lines.append(f"| {s} | {rep['round']} | {rep['uploaded_clips']} ({rep['accepted_clips']}) | "
                          f"{_fmt((rep.get('uploaded_bytes') or 0) / 2**20, 1)} | {rej} | {rep['auto_boxes']} | "
                          f"{rep['human_frames']} / {rep['human_boxes']} | {_fmt(rep['label_cost'], 1)} | "
-                         f"{_fmt(t.get('mAP'))} / {_fmt(t.get('NDS'))} | {_fmt(e.get('mAP'))} / {_fmt(e.get('NDS'))} |")
+                         f"{_fmt(t.get('mAP'))} / {_fmt(t.get('NDS'))} | {_fmt(e.get('mAP'))} / {_fmt(e.get('NDS'))} | "
+                         f"{_fmt(lm.get('uploaded_longtail'))} ({_fmt(lm.get('fleet_longtail'))}) | "
+                         f"{_fmt(lm.get('clip_score_auc'), 2)} |")
     lines += ["", "## Chip fit of the last round's models (estimates)", ""]
     for s, reps in summary["strategies"].items():
         if reps and reps[-1].get("chips"):
