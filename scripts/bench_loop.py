@@ -83,6 +83,9 @@ def main() -> None:
                "start": {k: lt(summary["start"], k) for k in ("NDS", "mAP", "minADE", "plan_l2_avg_averaged",
                                                               "collision_avg_averaged")},
                "strategies": {}}
+    def mining(rep):
+        return rep.get("longtail_mining") or {}
+
     for s, reps in summary["strategies"].items():
         figures["strategies"][s] = [{
             "round": rep["round"], "cost_cumulative": rep["cost_cumulative"], "uploaded_bytes": rep["uploaded_bytes"],
@@ -92,10 +95,10 @@ def main() -> None:
             "teacher_mAP": ((rep["pseudo_label_quality"] or {}).get("teacher") or {}).get("mAP"),
             "edge_mAP": ((rep["pseudo_label_quality"] or {}).get("edge") or {}).get("mAP"),
             "latency_ms": rep.get("latency_ms"),
-            "longtail_uploaded": (rep.get("longtail_mining") or {}).get("uploaded_longtail"),
-            "fleet_longtail": (rep.get("longtail_mining") or {}).get("fleet_longtail"),
-            "trigger_auc": (rep.get("longtail_mining") or {}).get("clip_score_auc"),
-            "signal_auc": (rep.get("longtail_mining") or {}).get("signal_auc")} for rep in reps]
+            "longtail_uploaded": mining(rep).get("uploaded_longtail"),
+            "fleet_longtail": mining(rep).get("fleet_longtail"),
+            "trigger_auc": mining(rep).get("clip_score_auc"), "signal_auc": mining(rep).get("signal_auc")}
+            for rep in reps]
     print(json.dumps(figures, indent=1))
     parts = [f"start NDS {figures['start']['NDS']} L2 {figures['start']['plan_l2_avg_averaged']}"]
     for s, reps in figures["strategies"].items():

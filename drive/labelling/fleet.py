@@ -192,15 +192,17 @@ def generate_fleet(truth_root: str, round_index: int, scenes: int, seed: int, wi
               "height": int(height), "keyframes": int(keyframes), "knobs": asdict(wk),
               "longtail_frac": float(longtail_frac)}
 
+    prefix = f"{FLEET_SCENE_PREFIX}{int(round_index):02d}"
+
     def build(world: str) -> dict:
         generate_world(world, scenes=scenes, seed=seed, width=width, height=height, workers=workers,
                        knobs=[wk if m else WorldKnobs() for m in mask], keyframes=keyframes,
-                       scene_prefix=f"{FLEET_SCENE_PREFIX}{int(round_index):02d}", all_split="train")
+                       scene_prefix=prefix, all_split="train")
         names = [s["name"] for s in read_table(world, TRUTH_VERSION, "scene")]
         splits = read_json(os.path.join(world, TRUTH_VERSION, "splits.json"), "splits file")
         write_json(os.path.join(world, TRUTH_VERSION, "splits.json"), {**splits, FLEET_SPLIT: names})
         _write_stripped(world, names)
-        longtail = [f"{FLEET_SCENE_PREFIX}{int(round_index):02d}-{i:04d}" for i, m in enumerate(mask) if m]
+        longtail = [f"{prefix}-{i:04d}" for i, m in enumerate(mask) if m]  # plan_world's scene names
         return {"scene_names": names, "samples": len(read_table(world, TRUTH_VERSION, "sample")),
                 "longtail_scenes": longtail}
 
@@ -208,7 +210,7 @@ def generate_fleet(truth_root: str, round_index: int, scenes: int, seed: int, wi
     return FleetInfo(root=info["root"], round_index=info["round_index"], seed=info["seed"],
                      scene_names=list(info["scene_names"]), samples=info["samples"], width=info["width"],
                      height=info["height"], keyframes=info["keyframes"], knobs=info["knobs"],
-                     longtail_scenes=list(info.get("longtail_scenes", info["scene_names"])))
+                     longtail_scenes=list(info["longtail_scenes"]))
 
 
 def _write_stripped(world: str, scene_names: list[str]) -> None:

@@ -43,7 +43,8 @@ def longtail_mining(fleet: Optional[dict], mine: Optional[dict], uploaded: list[
     truth = _get(fleet, "info", "longtail_scenes")
     if truth is None or not names:
         return None
-    is_lt = {tok: name in set(truth) for tok, name in names.items()}
+    truth = set(truth)
+    is_lt = {tok: name in truth for tok, name in names.items()}
     reports = [c for c in _get(mine, "clips", default=[]) or [] if c.get("scene_token") in is_lt]
 
     def auc(values: dict) -> Optional[float]:
@@ -88,8 +89,8 @@ def round_report(loop: "Loop", strategy: str, r: int) -> dict:
         "latency_ms": _get(f["profile"], "latency_p50_ms", f"ort_{prec}"),
         "chips": _get(f["profile"], "chips"),
         "trigger_summary": _get(f["mine"], "summary"),
-        "longtail_mining": longtail_mining(read_json(os.path.join(loop.paths.root, "fleet", f"r{r:02d}.json")),
-                                           f["mine"], _get(f["select"], "uploaded", default=[]) or []),
+        "longtail_mining": longtail_mining(loop.step_fleet(r), f["mine"],
+                                           _get(f["select"], "uploaded", default=[]) or []),
     }
 
 
