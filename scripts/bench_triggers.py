@@ -6,7 +6,8 @@
 1. A fleet of ``--scenes`` clips (``drive.labelling.fleet.generate_fleet``; reused when ``--out`` already holds
    the same one), ``--longtail-frac`` of them with the long tail turned up. Which ones is hidden truth.
 2. The edge model (an exported graph, as in the car, or a checkpoint) mines every clip with the default
-   ``TriggerConfig`` or ``--triggers`` JSON overrides.
+   ``TriggerConfig`` or ``--triggers`` JSON overrides; the novelty signal's reference is fitted first with the
+   same model on the base world it was trained on (``--base-root`` / ``--base-split``, as the loop does).
 3. Figures: the ROC AUC of the clip score and of each signal's clip mean for long-tail against ordinary clips
    (``drive.labelling.report.longtail_mining``: the same figures as the loop's round report), and how many
    long-tail clips the top-k by clip score holds (k = the number of long-tail clips) against what a random
@@ -34,6 +35,9 @@ def main() -> None:
     p.add_argument("--longtail-frac", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=2001, help="fleet seed (the loop's fleets use 1001, 1002, ...)")
     p.add_argument("--triggers", default="{}", help="TriggerConfig overrides as JSON")
+    p.add_argument("--base-root", default="data/synth30", help="the world the edge model was trained on")
+    p.add_argument("--base-version", default="v1.0-mini")
+    p.add_argument("--base-split", default="synth_train")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default="benchmarks/triggers.json")
     p.add_argument("--no-record", action="store_true", help="write --json only, no BENCHMARKS.md line")
@@ -41,6 +45,7 @@ def main() -> None:
 
     from drive.labelling.errors import LabellingError
     from drive.labelling.fleet import generate_fleet, list_clips
+    from drive.labelling.novelty import fit_base_reference
     from drive.labelling.report import longtail_mining
     from drive.labelling.triggers import ClipMiner, TriggerConfig
 
@@ -50,8 +55,13 @@ def main() -> None:
                               workers=2, longtail_frac=a.longtail_frac)
         clips = list_clips(a.out, "v1.0-fleet")
         cfg = TriggerConfig.from_dict(json.loads(a.triggers))
+        t1 = time.time()
+        ref = fit_base_reference(a.base_root, a.base_version, a.base_split, onnx_path=a.graph, ckpt_path=a.ckpt,
+                                 keyframes=a.keyframes, shrinkage=cfg.novelty_shrinkage, threads=a.threads)
+        ref_s = time.time() - t1
+        ref_path = ref.save(os.path.join(a.out, "novelty_reference.npz"))
         runner = ClipMiner(root=a.out, version="v1.0-fleet", onnx_path=a.graph, ckpt_path=a.ckpt, config=cfg,
-                           threads=a.threads).build()
+                           threads=a.threads, reference=ref_path).build()
         t1 = time.time()
         reports = [runner({"scene_token": c.scene_token}) for c in clips]
     except (LabellingError, json.JSONDecodeError) as e:
@@ -68,6 +78,8 @@ def main() -> None:
                "longtail_in_top_k": lm["uploaded_longtail"], "k": k,
                "random_expected_in_top_k": round(k * k / a.scenes, 3),
                "mine_seconds_per_clip": round(mine_s / max(len(reports), 1), 3),
+               "reference": {"root": a.base_root, "split": a.base_split, "frames": ref.frames,
+                             "seconds": round(ref_s, 1)},
                "wall_minutes": round((time.time() - t0) / 60, 2),
                "clips": [{"scene_name": c.scene_name, "longtail": c.scene_name in info.longtail_scenes,
                           "clip_score": r["clip_score"]} for c, r in zip(clips, reports)]}

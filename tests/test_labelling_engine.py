@@ -94,7 +94,7 @@ def test_ray_equals_local_on_the_synth_world(synth_world, tmp_path):
 
     scenes = [s["token"] for s in open_nuscenes(synth_world, "v1.0-mini").scene[:2]]
     miner = ClipMiner(synth_world, "v1.0-mini", ckpt_path=write_checkpoint(tmp_path / "tiny.ckpt"),
-                      config=TriggerConfig(score_threshold=0.05), threads=1)
+                      config=TriggerConfig(score_threshold=0.05, weights={"uncertainty": 1.0}), threads=1)
     jobs = [{"scene_token": t} for t in scenes]
     local = run_clips(miner, jobs, engine="local")
     assert [r["scene_token"] for r in local] == scenes

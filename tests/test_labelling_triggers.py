@@ -12,6 +12,11 @@ from drive.labelling.triggers import (ClipMiner, FrameObservation, TriggerConfig
 from eval_fixtures import write_checkpoint
 
 
+# the four signals read from the model's outputs, equally weighted (the default weighs novelty alone, which needs a
+# reference: tests/test_labelling_novelty.py)
+OUTPUTS = {"uncertainty": 1.0, "flicker": 1.0, "disagreement": 1.0, "rare": 1.0}
+
+
 def det(tok, x, y, score=0.9, name="car"):
     return {"sample_token": tok, "translation": [float(x), float(y), 1.0], "size": [2.0, 4.5, 1.6],
             "rotation": [1.0, 0.0, 0.0, 0.0], "velocity": [0.0, 0.0], "detection_name": name,
@@ -45,7 +50,7 @@ def test_uncertainty_ambiguous_scores_count_confident_ones_do_not():
     assert uncertainty_signal([0.5, 0.5]) == pytest.approx(2.0)  # two maximally ambiguous boxes: 1 bit each
     assert uncertainty_signal([0.99, 0.01]) == 0.0  # confident either way, outside the band
     assert uncertainty_signal([0.5, 0.5]) > uncertainty_signal([0.7, 0.3]) > uncertainty_signal([0.99, 0.01])
-    cfg = TriggerConfig()
+    cfg = TriggerConfig(weights=OUTPUTS)
     rep = clip_report("c", clip([[(10, 0, 0.5), (20, 5, 0.5)], [(10, 0, 0.99), (20, 5, 0.01)]]), cfg)
     u = signals(rep, "uncertainty")
     assert u[0] == pytest.approx(2.0) and u[1] == 0.0  # the 0.01 box is also below score_threshold
@@ -55,7 +60,7 @@ def test_uncertainty_ambiguous_scores_count_confident_ones_do_not():
 def test_one_frame_track_is_flicker_steady_track_is_not():
     steady = (10.0, 0.0, 0.9)
     seq = [[steady], [steady], [steady, (5.0, 5.0, 0.9)], [steady], [steady]]
-    rep = clip_report("c", clip(seq), TriggerConfig())
+    rep = clip_report("c", clip(seq), TriggerConfig(weights=OUTPUTS))
     # the blip at frame 2 is born there, dies there and is a short track: 3 events; the steady car none
     assert signals(rep, "flicker") == [0.0, 0.0, 3.0, 0.0, 0.0]
     assert rep["frames"][2]["counts"]["births"] == 1 and rep["frames"][2]["counts"]["deaths"] == 1
@@ -63,7 +68,7 @@ def test_one_frame_track_is_flicker_steady_track_is_not():
     assert int(np.argmax([fr["score"] for fr in rep["frames"]])) == 2
     # the same blip 45 m away (outside flicker_range = 30 m) is not counted
     far = [[steady], [steady], [steady, (45.0, 0.0, 0.9)], [steady], [steady]]
-    assert signals(clip_report("c", clip(far), TriggerConfig()), "flicker") == [0.0] * 5
+    assert signals(clip_report("c", clip(far), TriggerConfig(weights=OUTPUTS)), "flicker") == [0.0] * 5
 
 
 def test_flicker_range_is_taken_in_the_ego_frame():
@@ -71,14 +76,15 @@ def test_flicker_range_is_taken_in_the_ego_frame():
     steady = (110.0, 0.0, 0.9)
     near = [[steady], [steady], [steady, (105.0, 5.0, 0.9)], [steady], [steady]]
     far = [[steady], [steady], [steady, (5.0, 5.0, 0.9)], [steady], [steady]]
-    assert signals(clip_report("c", clip(near, ego=(100.0, 0.0)), TriggerConfig()), "flicker")[2] == 3.0
-    assert signals(clip_report("c", clip(far, ego=(100.0, 0.0)), TriggerConfig()), "flicker")[2] == 0.0
+    cfg = TriggerConfig(weights=OUTPUTS)
+    assert signals(clip_report("c", clip(near, ego=(100.0, 0.0)), cfg), "flicker")[2] == 3.0
+    assert signals(clip_report("c", clip(far, ego=(100.0, 0.0)), cfg), "flicker")[2] == 0.0
 
 
 def test_tracks_cut_by_the_clip_ends_are_not_flicker():
     # a car present from the first frame and leaving after frame 1: only its death counts, it is not "short"
     seq = [[(10.0, 0.0, 0.9)], [(10.0, 0.0, 0.9)], [], [], []]
-    rep = clip_report("c", clip(seq), TriggerConfig())
+    rep = clip_report("c", clip(seq), TriggerConfig(weights=OUTPUTS))
     assert signals(rep, "flicker") == [0.0, 1.0, 0.0, 0.0, 0.0]
 
 
@@ -95,7 +101,7 @@ def test_rare_class_detection_raises_the_rare_signal():
 
 def test_big_plan_change_raises_disagreement():
     seq = [[(10.0, 0.0, 0.9)]] * 3
-    rep = clip_report("c", clip(seq, plan_changes=[0.0, 0.05, 3.0]), TriggerConfig())
+    rep = clip_report("c", clip(seq, plan_changes=[0.0, 0.05, 3.0]), TriggerConfig(weights=OUTPUTS))
     assert signals(rep, "disagreement") == [0.0, pytest.approx(0.05), pytest.approx(3.0)]
     assert rep["frames"][2]["normalised"]["disagreement"] == pytest.approx(3.0 / 4.0)  # x / (x + 1 m)
     s = [fr["score"] for fr in rep["frames"]]
@@ -110,12 +116,12 @@ def test_frame_and_clip_scores():
     assert clip_score(frames, TriggerConfig(top_k=2)) == pytest.approx(0.7)
     assert clip_score(frames, TriggerConfig(aggregate="mean")) == pytest.approx(0.45)
     assert clip_score(frames, TriggerConfig(aggregate="max")) == pytest.approx(0.9)
-    assert clip_score([], TriggerConfig()) == 0.0
+    assert clip_score([], TriggerConfig(weights=OUTPUTS)) == 0.0
 
 
 def test_report_is_json_and_summary_counts():
     rep = clip_report("c", clip([[(10.0, 0.0, 0.5)], [(10.0, 0.0, 0.5), (20.0, 3.0, 0.7, "bus")]],
-                                plan_changes=[0.0, 2.0]), TriggerConfig())
+                                plan_changes=[0.0, 2.0]), TriggerConfig(weights=OUTPUTS))
     assert json.loads(json.dumps(rep, allow_nan=False)) == rep
     assert [fr["sample_token"] for fr in rep["frames"]] == ["s0", "s1"]
     assert [len(rep["detections"][t]) for t in ("s0", "s1")] == [1, 2]
@@ -134,7 +140,7 @@ def test_config_and_order_errors():
         TriggerConfig(aggregate="median")
     frames = clip([[], []])
     with pytest.raises(LabellingError, match="timestamp order"):
-        clip_report("c", frames[::-1], TriggerConfig())
+        clip_report("c", frames[::-1], TriggerConfig(weights=OUTPUTS))
 
 
 # ------------------------------------------------------------------------------------------- selection
@@ -187,7 +193,8 @@ def test_clip_miner_on_synth_world(synth_world, tmp_path):
         expected.append(tok)
         tok = nusc.get("sample", tok)["next"]
     ckpt = write_checkpoint(tmp_path / "tiny.ckpt")
-    miner = ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, config=TriggerConfig(score_threshold=0.0), threads=1)
+    miner = ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, config=TriggerConfig(score_threshold=0.0, weights=OUTPUTS),
+                      threads=1)
     run = miner.build()
     rep = run({"scene_token": scene["token"]})
     assert rep["scene_token"] == scene["token"]
@@ -220,7 +227,7 @@ def test_clip_miner_onnx_edge_model_matches_torch(synth_world, tmp_path):
     model, cfg, _ = load_model(ckpt)
     onnx_path = export_onnx(model, cfg, str(tmp_path / "tiny.onnx"))["path"]
     scene = open_nuscenes(synth_world, "v1.0-mini").scene[0]["token"]
-    trig = TriggerConfig(score_threshold=0.0)
+    trig = TriggerConfig(score_threshold=0.0, weights=OUTPUTS)
     a = ClipMiner(synth_world, "v1.0-mini", onnx_path=onnx_path, config=trig).build()({"scene_token": scene})
     b = ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, config=trig).build()({"scene_token": scene})
     assert [f["sample_token"] for f in a["frames"]] == [f["sample_token"] for f in b["frames"]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-STEPS = ("fleet", "mine", "select", "teacher", "review", "store", "train", "quality", "round", "report")
+STEPS = ("fleet", "reference", "mine", "select", "teacher", "review", "store", "train", "quality", "round", "report")
 
 
 def load_loop(loop_dir: str):

@@ -227,6 +227,26 @@ class Loop:
 
         return step(os.path.join(self.paths.root, "fleet"), f"r{r:02d}", run)
 
+    def step_reference(self, strategy: str, r: int) -> dict:
+        """The novelty reference of the model that mines round r (the model after round r - 1): its BEV features
+        on the base split it was trained on, each scene's first ``fleet.keyframes`` keyframes run as a clip.
+        Kept beside that model (round 0's is shared by every strategy)."""
+        from .novelty import fit_base_reference
+        from .triggers import TriggerConfig
+
+        d = self.paths.round_dir(strategy, r - 1)
+
+        def run():
+            _, graph = self.model_of(strategy, r - 1)
+            b = self.cfg.base
+            ref = fit_base_reference(b.root, b.version, b.split, onnx_path=graph, keyframes=self.cfg.fleet.keyframes,
+                                     shrinkage=TriggerConfig(**dict(self.cfg.triggers)).novelty_shrinkage,
+                                     threads=self.cfg.threads or 1)
+            return {"path": ref.save(os.path.join(d, "novelty_reference.npz")), "graph": graph, "frames": ref.frames,
+                    "median": ref.median, "shrinkage": ref.shrinkage, "model_sha256": ref.model_sha256}
+
+        return step(d, "novelty_reference", run)
+
     def step_mine(self, strategy: str, r: int) -> dict:
         """The strategy's current edge model (exported graph) runs over every fleet clip: triggers + detections."""
         from .triggers import ClipMiner, TriggerConfig, signal_summary
@@ -235,7 +255,8 @@ class Loop:
             _, graph = self.model_of(strategy, r - 1)
             fleet = self.step_fleet(r)
             spec = ClipMiner(root=self.paths.fleet(r), version=FLEET_VERSION, onnx_path=graph,
-                             config=TriggerConfig(**dict(self.cfg.triggers)), threads=self.cfg.threads or 1)
+                             config=TriggerConfig(**dict(self.cfg.triggers)), threads=self.cfg.threads or 1,
+                             reference=self.step_reference(strategy, r)["path"])
             tokens = [c["scene_token"] for c in fleet["clips"]]
             cache = os.path.join(self.paths.round_dir(strategy, r), "mine_clips")
             try:

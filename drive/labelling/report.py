@@ -54,8 +54,10 @@ def longtail_mining(fleet: Optional[dict], mine: Optional[dict], uploaded: list[
             return None
         return float(mannwhitneyu(pos, neg, alternative="two-sided").statistic / (len(pos) * len(neg)))
 
-    signal_auc = {k: auc({c["scene_token"]: float(np.mean([fr["signals"][k] for fr in c["frames"]] or [0.0]))
-                          for c in reports}) for k in SIGNALS}
+    def clip_mean(c: dict, k: str) -> float:
+        return float(np.mean([fr["signals"].get(k, 0.0) for fr in c["frames"]] or [0.0]))
+
+    signal_auc = {k: auc({c["scene_token"]: clip_mean(c, k) for c in reports}) for k in SIGNALS}
     return {"fleet_clips": len(is_lt), "fleet_longtail": sum(is_lt.values()),
             "uploaded_longtail": sum(bool(is_lt.get(t)) for t in uploaded),
             "clip_score_auc": auc({c["scene_token"]: float(c.get("clip_score", 0.0)) for c in reports}),

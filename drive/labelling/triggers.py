@@ -14,6 +14,9 @@ tracker, the planner and its feasibility layer); nothing here needs labels or a 
 * ``disagreement``: ``ModelOutputs.plan_change``, metres the feasibility layer had to move the planner's
   trajectory: the planner proposed something the physics / collision check disagreed with.
 * ``rare``: the highest score of a detection of a rare class (``rare_classes``) at or above ``rare_min_score``.
+* ``novelty``: how far the frame's BEV features lie from those of the data the model was trained on, in units
+  of a typical training frame (``drive.labelling.novelty``; needs ``ClipMiner.reference``). Unlike the four
+  above it does not depend on the model detecting the unusual thing.
 
 Each raw signal is normalised to [0, 1): counts and metres saturate as ``x / (x + scale)`` (``scale`` is the raw
 value that counts as 0.5); ``rare`` is a score already. The frame score is the weight-normalised sum
@@ -44,7 +47,7 @@ from .errors import LabellingError
 
 log = logging.getLogger(__name__)
 
-SIGNALS: tuple[str, ...] = ("uncertainty", "flicker", "disagreement", "rare")
+SIGNALS: tuple[str, ...] = ("uncertainty", "flicker", "disagreement", "rare", "novelty")
 AGGREGATES: tuple[str, ...] = ("topk_mean", "mean", "max")
 STRATEGIES: tuple[str, ...] = ("triggers", "random")
 
@@ -53,8 +56,10 @@ STRATEGIES: tuple[str, ...] = ("triggers", "random")
 class TriggerConfig:
     """Weights, thresholds and normalisation of the trigger signals (see the module doc)."""
 
-    weights: dict = field(default_factory=lambda: {"uncertainty": 1.0, "flicker": 1.0, "disagreement": 1.0,
-                                                   "rare": 1.0})
+    # Novelty alone by default: on three probe fleets the four output-counting signals each ranked long-tail clips
+    # below ordinary ones (AUC 0.31-0.47, together 0.33) and novelty above (0.58-0.76); BENCHMARKS.md 2026-12-07.
+    weights: dict = field(default_factory=lambda: {"uncertainty": 0.0, "flicker": 0.0, "disagreement": 0.0,
+                                                   "rare": 0.0, "novelty": 1.0})
     rare_classes: tuple = ("bus", "trailer", "construction_vehicle", "motorcycle", "bicycle")
     score_threshold: float = 0.1  # detections kept (report, uncertainty, rare) from this score
     ambiguous_band: tuple = (0.2, 0.8)  # detection scores counted as ambiguous (inclusive)
@@ -65,6 +70,8 @@ class TriggerConfig:
     uncertainty_scale: float = 2.0  # bits that normalise to 0.5
     flicker_scale: float = 2.0  # events that normalise to 0.5
     disagreement_scale: float = 1.0  # metres of plan_change that normalise to 0.5
+    novelty_scale: float = 1.0  # novelty that normalises to 0.5 (1.0: a typical held-out training frame)
+    novelty_shrinkage: float = 0.05  # of the reference's covariance (``novelty.fit_reference``)
     aggregate: str = "topk_mean"
     top_k: int = 3
     max_boxes: int = 500  # per frame in the report (highest scores first)
@@ -89,9 +96,11 @@ class TriggerConfig:
         if not 0.0 <= lo < hi <= 1.0:
             raise LabellingError(f"TriggerConfig.ambiguous_band must be (low, high) with 0 <= low < high <= 1, "
                                  f"got {self.ambiguous_band}")
-        for name in ("uncertainty_scale", "flicker_scale", "disagreement_scale", "flicker_range"):
+        for name in ("uncertainty_scale", "flicker_scale", "disagreement_scale", "novelty_scale", "flicker_range"):
             if not getattr(self, name) > 0:
                 raise LabellingError(f"TriggerConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < float(self.novelty_shrinkage) < 1.0:
+            raise LabellingError(f"TriggerConfig.novelty_shrinkage must be in (0, 1), got {self.novelty_shrinkage}")
         if self.aggregate not in AGGREGATES:
             raise LabellingError(f"TriggerConfig.aggregate must be one of {', '.join(AGGREGATES)}, "
                                  f"got {self.aggregate!r}")
@@ -175,7 +184,7 @@ def flicker_events(tracks_by_frame: Sequence[Sequence[Mapping]], global_T_ego: S
 
 
 def normalise(signals: Mapping[str, float], cfg: TriggerConfig) -> dict[str, float]:
-    """Raw signals -> [0, 1): ``x / (x + scale)`` for counts and metres, ``rare`` as it is."""
+    """Raw signals -> [0, 1): ``x / (x + scale)`` for counts, metres and novelty, ``rare`` as it is."""
     def sat(x: float, scale: float) -> float:
         x = max(float(x), 0.0)
         return x / (x + scale)
@@ -183,7 +192,8 @@ def normalise(signals: Mapping[str, float], cfg: TriggerConfig) -> dict[str, flo
     return {"uncertainty": sat(signals["uncertainty"], cfg.uncertainty_scale),
             "flicker": sat(signals["flicker"], cfg.flicker_scale),
             "disagreement": sat(signals["disagreement"], cfg.disagreement_scale),
-            "rare": min(max(float(signals["rare"]), 0.0), 1.0)}
+            "rare": min(max(float(signals["rare"]), 0.0), 1.0),
+            "novelty": sat(float(signals.get("novelty", 0.0)), cfg.novelty_scale)}
 
 
 def frame_score(normalised: Mapping[str, float], cfg: TriggerConfig) -> float:
@@ -213,6 +223,7 @@ class FrameObservation:
     global_T_ego: list  # 4x4
     detections: list  # nuScenes detection records (global frame), any score
     plan_change: float = 0.0  # metres
+    novelty: float = 0.0  # ``novelty.frame_novelty`` of the frame's BEV (0 without a reference)
 
 
 def clip_report(scene_token: str, frames: Sequence[FrameObservation], cfg: TriggerConfig,
@@ -239,7 +250,8 @@ def clip_report(scene_token: str, frames: Sequence[FrameObservation], cfg: Trigg
         signals = {"uncertainty": uncertainty_signal([d["detection_score"] for d in dets], cfg.ambiguous_band),
                    "flicker": float(ev["births"] + ev["deaths"] + ev["short"]),
                    "disagreement": max(float(f.plan_change), 0.0),
-                   "rare": rare_signal(dets, cfg.rare_classes, cfg.rare_min_score)}
+                   "rare": rare_signal(dets, cfg.rare_classes, cfg.rare_min_score),
+                   "novelty": max(float(f.novelty), 0.0)}
         norm = normalise(signals, cfg)
         out_frames.append({"sample_token": f.sample_token, "timestamp": int(f.timestamp), "signals": signals,
                            "normalised": norm, "counts": {"detections": len(dets),
@@ -264,6 +276,8 @@ class ClipMiner:
 
     The network input size comes from the checkpoint's model config or the ONNX graph's ``images`` input.
     ``threads``: intra-op threads of torch / onnxruntime in the worker (1 keeps Ray actors to their CPU).
+    ``reference``: the ``novelty.NoveltyReference`` (.npz) fitted with the same model, needed when the novelty
+    signal has a weight.
     """
 
     root: str
@@ -273,9 +287,12 @@ class ClipMiner:
     config: TriggerConfig = field(default_factory=TriggerConfig)
     threads: Optional[int] = 1
     cache_dir: Optional[str] = None
+    reference: Optional[str] = None
+    split: Optional[str] = None  # mine only this split's scenes (None: every scene of the version)
 
     def check(self) -> TriggerConfig:
-        """Cheap argument checks (no model, no tables): one model source, files and root exist, a valid config."""
+        """Cheap argument checks (no model, no tables): one model source, files and root exist, a valid config,
+        a novelty reference when the novelty signal has a weight."""
         if bool(self.onnx_path) == bool(self.ckpt_path):
             raise LabellingError("ClipMiner needs exactly one of onnx_path (edge model) or ckpt_path (checkpoint), "
                                  f"got onnx_path={self.onnx_path!r}, ckpt_path={self.ckpt_path!r}")
@@ -284,7 +301,13 @@ class ClipMiner:
             raise LabellingError(f"ClipMiner {what} not found: {os.path.abspath(os.path.expanduser(str(path)))}")
         if not os.path.isdir(os.path.join(os.path.expanduser(str(self.root)), str(self.version))):
             raise LabellingError(f"ClipMiner: no {self.version} tables under root {os.path.abspath(str(self.root))}")
-        return self.config if isinstance(self.config, TriggerConfig) else TriggerConfig.from_dict(self.config)
+        cfg = self.config if isinstance(self.config, TriggerConfig) else TriggerConfig.from_dict(self.config)
+        if self.reference and not os.path.isfile(str(self.reference)):
+            raise LabellingError(f"ClipMiner reference not found: {os.path.abspath(str(self.reference))}")
+        if cfg.weights.get("novelty", 0.0) > 0 and not self.reference:
+            raise LabellingError("the novelty trigger has a weight but ClipMiner has no reference: fit one with "
+                                 "drive.labelling.novelty (the loop's reference step) or set weights.novelty=0")
+        return cfg
 
     def build(self) -> "MinerRunner":
         return MinerRunner(self, self.check())
@@ -315,45 +338,61 @@ class MinerRunner:
                 self.backend = TorchBackend(model, name="edge_torch")
                 image_hw, crop = tuple(model_cfg.image_hw), model_cfg.image_crop_top
                 self.model_source = {"checkpoint": meta.path, "sha256": meta.sha256}
-            self.dataset = NuScenesDrivingDataset(spec.root, spec.version, split=None, image_size=image_hw,
+            self.dataset = NuScenesDrivingDataset(spec.root, spec.version, split=spec.split, image_size=image_hw,
                                                   image_crop_top=crop,
                                                   with_targets=False, augment={"enabled": False},
                                                   cache_dir=spec.cache_dir)
         except (EvalError, DataError) as e:
             raise LabellingError(f"ClipMiner: {e}") from e
+        self.reference = None
+        if spec.reference:
+            from .novelty import NoveltyReference
+
+            self.reference = NoveltyReference.load(str(spec.reference))
+            if self.reference.channels != int(self.backend.bev_shape[0]):
+                raise LabellingError(f"novelty reference {spec.reference} has {self.reference.channels} channels, "
+                                     f"the model's BEV {self.backend.bev_shape[0]}")
         self.indices: dict[str, list[int]] = {}
         for i in range(len(self.dataset)):
             self.indices.setdefault(self.dataset.record(i).scene_token, []).append(i)
         self._checked = False
 
-    def observe(self, scene_token: str) -> list[FrameObservation]:
-        """Run the edge model over one clip in temporal order, carrying the BEV (``runner.BevStream``)."""
+    def run(self, indices: Sequence[int], what: str):
+        """Yield ``(meta, outputs)`` of the edge model over dataset items in temporal order, carrying the BEV
+        (``runner.BevStream``); ``what`` names the clip in errors."""
         from drive.data.dataset import collate
         from drive.data.errors import DataError
         from drive.evaluation.backends import OnnxBackend
         from drive.evaluation.errors import EvalError
         from drive.evaluation.runner import BevStream
-        from drive.metrics.detection import boxes_to_nusc
 
-        if scene_token not in self.indices:
-            raise LabellingError(f"clip {scene_token}: no such scene in {self.dataset.root}/{self.spec.version}")
         stream = BevStream(self.backend)
-        frames = []
-        for i in self.indices[scene_token]:  # index_samples lists a scene's keyframes first to last
+        for i in indices:
             try:
                 batch = collate([self.dataset.load(i)])
                 if not self._checked and isinstance(self.backend, OnnxBackend):
                     self.backend.check_features(batch)
                     self._checked = True
             except (DataError, EvalError) as e:
-                raise LabellingError(f"clip {scene_token}: {e}") from e
-            out = stream(batch)
-            meta = batch.meta[0]
+                raise LabellingError(f"clip {what}: {e}") from e
+            yield batch.meta[0], stream(batch)
+
+    def observe(self, scene_token: str) -> list[FrameObservation]:
+        """Run the edge model over one clip (its keyframes first to last) and decode what the triggers read."""
+        from drive.metrics.detection import boxes_to_nusc
+
+        from .novelty import frame_novelty
+
+        if scene_token not in self.indices:
+            raise LabellingError(f"clip {scene_token}: no such scene in {self.dataset.root}/{self.spec.version}")
+        frames = []
+        for meta, out in self.run(self.indices[scene_token], scene_token):
             dets = boxes_to_nusc(out.boxes[0], out.scores[0], out.labels[0], out.attrs[0], meta.global_T_ego,
                                  meta.sample_token, score_threshold=self.cfg.score_threshold,
                                  max_boxes=self.cfg.max_boxes)
+            novelty = frame_novelty(out.bev.detach().cpu().numpy(), self.reference) if self.reference else 0.0
             frames.append(FrameObservation(meta.sample_token, int(meta.timestamp), meta.global_T_ego, dets,
-                                           float(out.plan_change.reshape(-1)[0])))
+                                           float(out.plan_change.reshape(-1)[0]), novelty))
         return frames
 
     def __call__(self, job: Mapping) -> dict:
@@ -427,7 +466,7 @@ def signal_summary(reports: Sequence[Mapping]) -> dict:
     frames = [fr for r in reports for fr in r.get("frames", [])]
     out: dict = {"clips": len(reports), "frames": len(frames)}
     for k in SIGNALS:
-        v = np.array([float(fr["signals"][k]) for fr in frames], np.float64)
+        v = np.array([float(fr["signals"].get(k, 0.0)) for fr in frames], np.float64)
         out[k] = {"mean": float(v.mean()) if v.size else 0.0, "max": float(v.max()) if v.size else 0.0,
                   "fired": float((v > 0).mean()) if v.size else 0.0}
     cs = np.array([float(r.get("clip_score", 0.0)) for r in reports], np.float64)
