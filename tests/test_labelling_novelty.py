@@ -110,6 +110,9 @@ def test_miner_needs_a_reference_for_a_weighted_novelty(synth_world, tmp_path):
     with pytest.raises(LabellingError, match="has 5 channels, the model's BEV"):
         ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt,
                   reference=wrong.save(str(tmp_path / "wrong.npz"))).build()
+    other = fit_reference([np.random.default_rng(3).normal(size=(32, 4, 4)) for _ in range(6)], model_sha256="0" * 64)
+    with pytest.raises(LabellingError, match="fitted with model 000000000000, this miner runs"):
+        ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, reference=other.save(str(tmp_path / "other.npz"))).build()
 
 
 def test_reference_fitted_on_a_split_mines_that_split_at_median_one(synth_world, tmp_path):

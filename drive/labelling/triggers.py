@@ -352,6 +352,10 @@ class MinerRunner:
             if self.reference.channels != int(self.backend.bev_shape[0]):
                 raise LabellingError(f"novelty reference {spec.reference} has {self.reference.channels} channels, "
                                      f"the model's BEV {self.backend.bev_shape[0]}")
+            sha = self.reference.model_sha256
+            if sha and sha != self.model_source["sha256"]:
+                raise LabellingError(f"novelty reference {spec.reference} was fitted with model {sha[:12]}, this miner "
+                                     f"runs {self.model_source['sha256'][:12]}: features of another model")
         self.indices: dict[str, list[int]] = {}
         for i in range(len(self.dataset)):
             self.indices.setdefault(self.dataset.record(i).scene_token, []).append(i)
