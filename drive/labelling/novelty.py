@@ -2,8 +2,8 @@
 
 The counting triggers (uncertainty, flicker, rare) read the model's *outputs*, so they fire only on what the
 model already detects, and they are confounded with how busy a clip is: on three probe fleets every one of them
-ranked long-tail clips *below* ordinary ones (BENCHMARKS.md, reading of 2026-12-07 15:30: the long tail makes
-the ego stop and wait more, so fewer tracks are born and die). Novelty reads the model's *features* instead,
+ranked long-tail clips *below* ordinary ones (BENCHMARKS.md, triggers rows of 2026-12-07 15:50-15:58: likely
+because the long tail makes the ego stop and wait, so fewer tracks are born and die). Novelty reads the model's *features* instead,
 the Mahalanobis out-of-distribution recipe (Lee et al., NeurIPS 2018) applied to the BEV map the car computes
 anyway:
 
@@ -16,7 +16,7 @@ anyway:
   typical unseen frame of the training world whatever the model, its channel count or the shrinkage.
 
 Per-cell distances (a Gaussian over the C-dim cell features, top 1 % of cells per frame) were tried first and
-carried no signal on the probe fleets (AUC 0.48-0.54). In the car the descriptor is one pass over the BEV and a
+carried no signal on the probe fleets (AUC 0.46-0.54). In the car the descriptor is one pass over the BEV and a
 (2C)^2 product (16 k multiply-adds at C = 64); the reference is a few hundred kB shipped beside the model
 (``NoveltyReference.save`` / ``load``: an ``.npz`` without pickles).
 """
