@@ -57,7 +57,8 @@ def main() -> None:
         cfg = TriggerConfig.from_dict(json.loads(a.triggers))
         t1 = time.time()
         ref = fit_base_reference(a.base_root, a.base_version, a.base_split, onnx_path=a.graph, ckpt_path=a.ckpt,
-                                 keyframes=a.keyframes, shrinkage=cfg.novelty_shrinkage, threads=a.threads)
+                                 keyframes=a.keyframes, shrinkage=cfg.novelty_shrinkage,
+                                 warmup=cfg.novelty_warmup, threads=a.threads)
         ref_s = time.time() - t1
         ref_path = ref.save(os.path.join(a.out, "novelty_reference.npz"))
         runner = ClipMiner(root=a.out, version="v1.0-fleet", onnx_path=a.graph, ckpt_path=a.ckpt, config=cfg,

@@ -107,7 +107,8 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     ref = read_json(os.path.join(loop.paths.round_dir("", 0), "novelty_reference.json"))  # round 0's model's
     assert os.path.isfile(ref["path"]) and ref["frames"] > 0 and ref["graph"] == loop.model_of("triggers", 0)[1]
     mined = read_json(os.path.join(d, "mine.json"))["clips"]
-    assert all(fr["signals"]["novelty"] > 0 for c in mined for fr in c["frames"])
+    assert all(fr["signals"]["novelty"] > 0 for c in mined for fr in c["frames"][ref["warmup"]:])
+    assert ref["warmup"] == 2 and all(fr["signals"]["novelty"] == 0 for c in mined for fr in c["frames"][:2])
     from omegaconf import OmegaConf
 
     train_cfg = OmegaConf.load(os.path.join(d, "train", "config.yaml"))

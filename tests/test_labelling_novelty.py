@@ -5,7 +5,7 @@ import pytest
 
 from drive.labelling.errors import LabellingError
 from drive.labelling.novelty import (NoveltyReference, descriptor, fit_base_reference, fit_reference,
-                                     frame_novelty, gaussian, mahalanobis2)
+                                     frame_novelty, frame_novelty_at, gaussian, mahalanobis2)
 from drive.labelling.triggers import ClipMiner, TriggerConfig, normalise
 
 from eval_fixtures import write_checkpoint
@@ -53,6 +53,8 @@ def test_reference_unit_is_a_typical_held_out_frame_and_outliers_score_high():
     busy[:, :2, :2] += 3.0  # something unusual in a corner: the channel spreads jump
     assert frame_novelty(odd, ref) > 10 and frame_novelty(busy, ref) > 10
     assert np.mean([frame_novelty(f, ref) > frame_novelty(odd, ref) for f in fresh]) == 0.0
+    ref.warmup = 2  # a clip's first two frames score nothing, the third as any frame
+    assert [frame_novelty_at(odd, i, ref) for i in range(3)] == [0.0, 0.0, frame_novelty(odd, ref)]
 
 
 def test_fit_errors():
@@ -74,11 +76,12 @@ def test_fit_errors():
 
 def test_reference_file_round_trip_and_errors(tmp_path):
     rng = np.random.default_rng(3)
-    ref = fit_reference([frame(rng, c=4) for _ in range(12)], model_sha256="ab" * 32)
+    ref = fit_reference([frame(rng, c=4) for _ in range(12)], model_sha256="ab" * 32, warmup=3)
     path = ref.save(str(tmp_path / "sub" / "ref.npz"))
     back = NoveltyReference.load(path)
     assert back.mean == pytest.approx(ref.mean) and back.precision == pytest.approx(ref.precision)
-    assert (back.median, back.shrinkage, back.frames, back.model_sha256) == (ref.median, 0.05, 12, "ab" * 32)
+    assert (back.median, back.shrinkage, back.frames, back.model_sha256, back.warmup) == (ref.median, 0.05, 12,
+                                                                                        "ab" * 32, 3)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["ref.npz"]  # no temp file left behind
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not an npz")
@@ -116,24 +119,28 @@ def test_miner_needs_a_reference_for_a_weighted_novelty(synth_world, tmp_path):
 
 
 def test_reference_fitted_on_a_split_mines_that_split_at_median_one(synth_world, tmp_path):
-    """The reference fitted on a split's frames; mining that split reports each frame's novelty, whose median
-    lies below the held-out unit (the Gaussian has seen these frames), and its normalised value."""
+    """The reference fitted on a split's frames after each clip's warm-up; mining that split reports no novelty
+    inside the warm-up and, after it, novelty whose median lies below the held-out unit (the Gaussian has seen
+    these frames), and its normalised value."""
     from drive.data.nusc import open_nuscenes, scenes_of_split
 
     ckpt = write_checkpoint(tmp_path / "tiny.ckpt")
-    ref = fit_base_reference(synth_world, "v1.0-mini", "mini_train", ckpt_path=ckpt, keyframes=100)
+    ref = fit_base_reference(synth_world, "v1.0-mini", "mini_train", ckpt_path=ckpt, keyframes=100, warmup=2)
     nusc = open_nuscenes(synth_world, "v1.0-mini")
     train = set(scenes_of_split(nusc, "mini_train"))
-    assert ref.frames == sum(s["nbr_samples"] for s in nusc.scene if s["token"] in train)
+    assert ref.frames == sum(s["nbr_samples"] - 2 for s in nusc.scene if s["token"] in train) and ref.warmup == 2
     assert len(ref.model_sha256) == 64
     path = ref.save(str(tmp_path / "ref.npz"))
     cfg = TriggerConfig(weights={"novelty": 1.0}, score_threshold=0.0)
     run = ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, config=cfg, reference=path, split="mini_train").build()
     reports = [run({"scene_token": tok}) for tok in sorted(run.indices)]
-    nov = [fr["signals"]["novelty"] for rep in reports for fr in rep["frames"]]
-    assert len(nov) == ref.frames and 0.0 < np.median(nov) < 1.0
+    assert all(fr["signals"]["novelty"] == 0.0 for rep in reports for fr in rep["frames"][:2])
+    nov = [fr["signals"]["novelty"] for rep in reports for fr in rep["frames"][2:]]
+    assert len(nov) == ref.frames and min(nov) > 0.0 and np.median(nov) < 1.0
     for fr in (fr for rep in reports for fr in rep["frames"]):
         assert fr["normalised"]["novelty"] == pytest.approx(normalise(fr["signals"], cfg)["novelty"])
         assert fr["score"] == pytest.approx(fr["normalised"]["novelty"])  # the only weighted signal
     with pytest.raises(LabellingError, match="split 'nope'"):
         fit_base_reference(synth_world, "v1.0-mini", "nope", ckpt_path=ckpt)
+    with pytest.raises(LabellingError, match="need 0 <= warmup < keyframes, got warmup 4, keyframes 4"):
+        fit_base_reference(synth_world, "v1.0-mini", "mini_train", ckpt_path=ckpt, keyframes=4, warmup=4)

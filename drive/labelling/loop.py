@@ -238,12 +238,13 @@ class Loop:
 
         def run():
             _, graph = self.model_of(strategy, r - 1)
-            b = self.cfg.base
+            b, trig = self.cfg.base, TriggerConfig(**dict(self.cfg.triggers))
             ref = fit_base_reference(b.root, b.version, b.split, onnx_path=graph, keyframes=self.cfg.fleet.keyframes,
-                                     shrinkage=TriggerConfig(**dict(self.cfg.triggers)).novelty_shrinkage,
+                                     shrinkage=trig.novelty_shrinkage, warmup=trig.novelty_warmup,
                                      threads=self.cfg.threads or 1)
             return {"path": ref.save(os.path.join(d, "novelty_reference.npz")), "graph": graph, "frames": ref.frames,
-                    "median": ref.median, "shrinkage": ref.shrinkage, "model_sha256": ref.model_sha256}
+                    "median": ref.median, "shrinkage": ref.shrinkage, "warmup": ref.warmup,
+                    "model_sha256": ref.model_sha256}
 
         return step(d, "novelty_reference", run)
 

@@ -72,6 +72,7 @@ class TriggerConfig:
     disagreement_scale: float = 1.0  # metres of plan_change that normalise to 0.5
     novelty_scale: float = 1.0  # novelty that normalises to 0.5 (1.0: a typical held-out training frame)
     novelty_shrinkage: float = 0.05  # of the reference's covariance (``novelty.fit_reference``)
+    novelty_warmup: int = 2  # a clip's first frames score no novelty (the reference records it; see novelty.py)
     aggregate: str = "topk_mean"
     top_k: int = 3
     max_boxes: int = 500  # per frame in the report (highest scores first)
@@ -99,6 +100,8 @@ class TriggerConfig:
         for name in ("uncertainty_scale", "flicker_scale", "disagreement_scale", "novelty_scale", "flicker_range"):
             if not getattr(self, name) > 0:
                 raise LabellingError(f"TriggerConfig.{name} must be > 0, got {getattr(self, name)}")
+        if int(self.novelty_warmup) < 0:
+            raise LabellingError(f"TriggerConfig.novelty_warmup must be >= 0, got {self.novelty_warmup}")
         if not 0.0 < float(self.novelty_shrinkage) < 1.0:
             raise LabellingError(f"TriggerConfig.novelty_shrinkage must be in (0, 1), got {self.novelty_shrinkage}")
         if self.aggregate not in AGGREGATES:
@@ -385,16 +388,17 @@ class MinerRunner:
         """Run the edge model over one clip (its keyframes first to last) and decode what the triggers read."""
         from drive.metrics.detection import boxes_to_nusc
 
-        from .novelty import frame_novelty
+        from .novelty import frame_novelty_at
 
         if scene_token not in self.indices:
             raise LabellingError(f"clip {scene_token}: no such scene in {self.dataset.root}/{self.spec.version}")
         frames = []
-        for meta, out in self.run(self.indices[scene_token], scene_token):
+        for position, (meta, out) in enumerate(self.run(self.indices[scene_token], scene_token)):
             dets = boxes_to_nusc(out.boxes[0], out.scores[0], out.labels[0], out.attrs[0], meta.global_T_ego,
                                  meta.sample_token, score_threshold=self.cfg.score_threshold,
                                  max_boxes=self.cfg.max_boxes)
-            novelty = frame_novelty(out.bev.detach().cpu().numpy(), self.reference) if self.reference else 0.0
+            bev = out.bev.detach().cpu().numpy()
+            novelty = frame_novelty_at(bev, position, self.reference) if self.reference else 0.0
             frames.append(FrameObservation(meta.sample_token, int(meta.timestamp), meta.global_T_ego, dets,
                                            float(out.plan_change.reshape(-1)[0]), novelty))
         return frames
