@@ -57,7 +57,8 @@ class TriggerConfig:
     """Weights, thresholds and normalisation of the trigger signals (see the module doc)."""
 
     # Novelty alone by default: on three probe fleets the four output-counting signals each ranked long-tail clips
-    # below ordinary ones (AUC 0.31-0.47, together 0.33) and novelty above (0.58-0.76); BENCHMARKS.md 2026-12-07.
+    # below ordinary ones (AUC 0.31-0.47, together 0.30-0.38) and novelty above (0.59-0.79); BENCHMARKS.md
+    # 2026-12-07, triggers rows 15:50-16:08.
     weights: dict = field(default_factory=lambda: {"uncertainty": 0.0, "flicker": 0.0, "disagreement": 0.0,
                                                    "rare": 0.0, "novelty": 1.0})
     rare_classes: tuple = ("bus", "trailer", "construction_vehicle", "motorcycle", "bicycle")
