@@ -151,8 +151,8 @@ def fit_reference(bevs: Sequence, groups: Optional[Sequence] = None, shrinkage: 
     labels = list(groups) if groups is not None else list(range(len(bevs)))
     if len(labels) != len(bevs):
         raise LabellingError(f"novelty reference: {len(labels)} groups for {len(bevs)} frames")
-    order = sorted(set(map(str, labels)))
-    fold = np.array([order.index(str(g)) % 2 for g in labels], bool)
+    rank = {g: i for i, g in enumerate(sorted(set(map(str, labels))))}
+    fold = np.array([rank[str(g)] % 2 for g in labels], bool)
     if fold.all() or not fold.any() or min(fold.sum(), (~fold).sum()) < 2:
         raise LabellingError("novelty reference: the held-out unit needs at least two groups of 2+ frames")
     held = np.concatenate([mahalanobis2(x[~f], *gaussian(x[f], shrinkage)) for f in (fold, ~fold)])
