@@ -47,7 +47,8 @@ def main() -> None:
     from drive.labelling.fleet import generate_fleet, list_clips
     from drive.labelling.novelty import fit_base_reference
     from drive.labelling.report import longtail_mining
-    from drive.labelling.triggers import ClipMiner, TriggerConfig
+    from drive.labelling.miner import ClipMiner
+    from drive.labelling.triggers import TriggerConfig
 
     t0 = time.time()
     try:

@@ -90,7 +90,8 @@ def test_ray_equals_local_on_the_synth_world(synth_world, tmp_path):
     import ray
 
     from drive.data.nusc import open_nuscenes
-    from drive.labelling.triggers import ClipMiner, TriggerConfig
+    from drive.labelling.miner import ClipMiner
+    from drive.labelling.triggers import TriggerConfig
 
     scenes = [s["token"] for s in open_nuscenes(synth_world, "v1.0-mini").scene[:2]]
     miner = ClipMiner(synth_world, "v1.0-mini", ckpt_path=write_checkpoint(tmp_path / "tiny.ckpt"),

@@ -6,7 +6,8 @@ import pytest
 from drive.labelling.errors import LabellingError
 from drive.labelling.novelty import (NoveltyReference, descriptor, fit_base_reference, fit_reference,
                                      frame_novelty, frame_novelty_at, gaussian, mahalanobis2)
-from drive.labelling.triggers import ClipMiner, TriggerConfig, normalise
+from drive.labelling.miner import ClipMiner
+from drive.labelling.triggers import TriggerConfig, normalise
 
 from eval_fixtures import write_checkpoint
 

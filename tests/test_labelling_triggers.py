@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from drive.labelling.errors import LabellingError
-from drive.labelling.triggers import (ClipMiner, FrameObservation, TriggerConfig, clip_report, clip_score,
+from drive.labelling.miner import ClipMiner
+from drive.labelling.triggers import (FrameObservation, TriggerConfig, clip_report, clip_score,
                                       select_clips, signal_summary, uncertainty_signal)
 
 from eval_fixtures import write_checkpoint

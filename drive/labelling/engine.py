@@ -17,7 +17,7 @@ a worker over a list of clip jobs and returns one JSON-able result dict per job,
 The worker is described by a **picklable spec**, so it can be shipped to actors and built there:
 
 * an object with a ``build()`` method returning a callable ``job -> dict`` (a dataclass such as
-  ``drive.labelling.triggers.ClipMiner`` or the teacher's spec): the preferred form; an optional ``check()``
+  ``drive.labelling.miner.ClipMiner`` or the teacher's spec): the preferred form; an optional ``check()``
   method is run in the calling process first (e.g. input files exist), so bad arguments fail at once instead
   of inside every actor;
 * a zero-argument factory returning such a callable;

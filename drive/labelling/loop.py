@@ -250,7 +250,8 @@ class Loop:
 
     def step_mine(self, strategy: str, r: int) -> dict:
         """The strategy's current edge model (exported graph) runs over every fleet clip: triggers + detections."""
-        from .triggers import ClipMiner, TriggerConfig, signal_summary
+        from .miner import ClipMiner
+        from .triggers import TriggerConfig, signal_summary
 
         def run():
             _, graph = self.model_of(strategy, r - 1)

@@ -171,7 +171,8 @@ def fit_base_reference(root: str, version: str, split: str, onnx_path: Optional[
     each clip's first ``warmup`` frames."""
     import torch
 
-    from .triggers import ClipMiner, TriggerConfig
+    from .miner import ClipMiner
+    from .triggers import TriggerConfig
 
     if not 0 <= int(warmup) < int(keyframes):
         raise LabellingError(f"novelty reference: need 0 <= warmup < keyframes, got warmup {warmup}, "
