@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -111,6 +112,20 @@ class MinerRunner:
             self.indices.setdefault(self.dataset.record(i).scene_token, []).append(i)
         self._checked = False
 
+    @contextmanager
+    def threads(self):
+        """torch's intra-op threads set to ``spec.threads`` while inside, restored after (the engine may run the
+        miner inside the caller's process)."""
+        import torch
+
+        before = torch.get_num_threads()
+        if self.spec.threads:
+            torch.set_num_threads(int(self.spec.threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def run(self, indices: Sequence[int], what: str):
         """Yield ``(meta, outputs)`` of the edge model over dataset items in temporal order, carrying the BEV
         (``runner.BevStream``); ``what`` names the clip in errors."""
@@ -154,16 +169,9 @@ class MinerRunner:
         scene_token = job.get("scene_token") if isinstance(job, Mapping) else None
         if not scene_token:
             raise LabellingError(f"trigger job {job!r} has no 'scene_token'")
-        import torch
-
         t0 = time.time()
-        threads = torch.get_num_threads()
-        if self.spec.threads:  # only while mining: the engine may run us inside the caller's process
-            torch.set_num_threads(int(self.spec.threads))
-        try:
+        with self.threads():
             frames = self.observe(str(scene_token))
-        finally:
-            torch.set_num_threads(threads)
         report = clip_report(str(scene_token), frames, self.cfg, seconds=0.0)
         report["seconds"] = time.time() - t0
         report["model"] = dict(self.model_source)

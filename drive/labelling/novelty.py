@@ -169,8 +169,6 @@ def fit_base_reference(root: str, version: str, split: str, onnx_path: Optional[
     """The reference of an edge model (exported graph or checkpoint): fitted on the first ``keyframes`` keyframes
     of every scene of a labelled split (the data it was trained on), each run as a clip in the car runs, without
     each clip's first ``warmup`` frames."""
-    import torch
-
     from .miner import ClipMiner
     from .triggers import TriggerConfig
 
@@ -181,16 +179,11 @@ def fit_base_reference(root: str, version: str, split: str, onnx_path: Optional[
                        config=TriggerConfig(weights={"uncertainty": 1.0}), threads=threads).build()
     if not runner.indices:
         raise LabellingError(f"novelty reference: split {split!r} of {root}/{version} has no scene")
-    n = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        bevs, groups = [], []
+    bevs, groups = [], []
+    with runner.threads():
         for tok, idxs in sorted(runner.indices.items()):
             for position, (_, out) in enumerate(runner.run(idxs[: int(keyframes)], tok)):
                 if position >= int(warmup):
                     bevs.append(out.bev.detach().cpu().numpy()[0].astype(np.float32))
                     groups.append(tok)
-    finally:
-        torch.set_num_threads(n)
     return fit_reference(bevs, groups, shrinkage, runner.model_source.get("sha256", ""), int(warmup))
