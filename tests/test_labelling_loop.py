@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -143,6 +144,19 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     summary = write_loop_report(loop)
     assert set(summary["strategies"]) == {"triggers", "human"}
     assert os.path.isfile(os.path.join(loop.paths.root, "cost_vs_metric.png"))
+
+    # a reference the miner cannot use is the miner's failure, not every clip's: mining stops with the reason
+    # instead of "uploading" nothing and training the round on no fleet data
+    import numpy as np
+
+    with np.load(ref["path"]) as z:
+        old = {k: z[k] for k in z.files if k != "warmup"}
+    np.savez(ref["path"], **old)
+    shutil.rmtree(os.path.join(d, "mine_clips"))
+    os.remove(os.path.join(d, "mine.json"))
+    with pytest.raises(LabellingError, match="no fleet clip could be mined: .*field 'warmup' missing"):
+        loop.step_mine("triggers", 1)
+    assert read_json(os.path.join(d, "mine.json")) is None
     md = open(os.path.join(loop.paths.root, "report.md")).read()
     assert "long-tail" in md and "CAM_FRONT" in md and "long-tail clips uploaded (fleet)" in md
     json.dumps(summary)

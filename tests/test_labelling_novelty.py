@@ -89,8 +89,9 @@ def test_reference_file_round_trip_and_errors(tmp_path):
     with pytest.raises(LabellingError, match="bad.npz"):
         NoveltyReference.load(str(bad))
     np.savez(tmp_path / "partial.npz", mean=np.zeros(2))
-    with pytest.raises(LabellingError, match="partial.npz: field 'precision' missing"):
+    with pytest.raises(LabellingError, match="partial.npz: field 'precision' missing") as e:
         NoveltyReference.load(str(tmp_path / "partial.npz"))
+    assert str(e.value).count("novelty reference") == 1  # said once, not re-wrapped
 
 
 def test_novelty_signal_normalisation_and_config():
@@ -115,8 +116,14 @@ def test_miner_needs_a_reference_for_a_weighted_novelty(synth_world, tmp_path):
         ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt,
                   reference=wrong.save(str(tmp_path / "wrong.npz"))).build()
     other = fit_reference([np.random.default_rng(3).normal(size=(32, 4, 4)) for _ in range(6)], model_sha256="0" * 64)
-    with pytest.raises(LabellingError, match="fitted with model 000000000000, this miner runs"):
-        ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, reference=other.save(str(tmp_path / "other.npz"))).build()
+    spec = ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, reference=other.save(str(tmp_path / "other.npz")))
+    # refused by the cheap check the engine runs in-process before any worker starts, and by the worker itself
+    for call in (spec.check, spec.build):
+        with pytest.raises(LabellingError, match="fitted with model 000000000000, this miner runs"):
+            call()
+    np.savez(tmp_path / "old.npz", **{k: v for k, v in np.load(spec.reference).items() if k != "warmup"})
+    with pytest.raises(LabellingError, match="old.npz: field 'warmup' missing"):
+        ClipMiner(synth_world, "v1.0-mini", ckpt_path=ckpt, reference=str(tmp_path / "old.npz")).check()
 
 
 def test_reference_fitted_on_a_split_mines_that_split_at_median_one(synth_world, tmp_path):

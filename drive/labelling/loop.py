@@ -268,6 +268,8 @@ class Loop:
                 log.warning("round %d %s: trigger mining failed on some clips: %s", r, strategy, e)
                 reports = [rep for t in tokens if (rep := read_json(os.path.join(cache, f"{t}.json"))) is not None]
                 failed = {t: str(e) for t in tokens if not os.path.isfile(os.path.join(cache, f"{t}.json"))}
+                if tokens and not reports:  # not a malformed clip: the miner itself cannot run
+                    raise LabellingError(f"round {r} {strategy}: no fleet clip could be mined: {e}") from e
             return {"graph": graph, "clips": reports, "failed": failed, "summary": signal_summary(reports)}
 
         return step(self.paths.round_dir(strategy, r), "mine", run)

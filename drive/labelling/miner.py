@@ -58,7 +58,19 @@ class ClipMiner:
         if cfg.weights.get("novelty", 0.0) > 0 and not self.reference:
             raise LabellingError("the novelty trigger has a weight but ClipMiner has no reference: fit one with "
                                  "drive.labelling.novelty (the loop's reference step) or set weights.novelty=0")
+        if self.reference:
+            self.load_reference(sha256_file(os.path.expanduser(str(path))))
         return cfg
+
+    def load_reference(self, model_sha256: str):
+        """The novelty reference, refused if unreadable or fitted with another model than ``model_sha256``."""
+        from .novelty import NoveltyReference
+
+        ref = NoveltyReference.load(str(self.reference))
+        if ref.model_sha256 and ref.model_sha256 != model_sha256:
+            raise LabellingError(f"novelty reference {self.reference} was fitted with model {ref.model_sha256[:12]}, "
+                                 f"this miner runs {model_sha256[:12]}: features of another model")
+        return ref
 
     def build(self) -> "MinerRunner":
         return MinerRunner(self, self.check())
@@ -97,16 +109,10 @@ class MinerRunner:
             raise LabellingError(f"ClipMiner: {e}") from e
         self.reference = None
         if spec.reference:
-            from .novelty import NoveltyReference
-
-            self.reference = NoveltyReference.load(str(spec.reference))
+            self.reference = spec.load_reference(self.model_source["sha256"])
             if self.reference.channels != int(self.backend.bev_shape[0]):
                 raise LabellingError(f"novelty reference {spec.reference} has {self.reference.channels} channels, "
                                      f"the model's BEV {self.backend.bev_shape[0]}")
-            sha = self.reference.model_sha256
-            if sha and sha != self.model_source["sha256"]:
-                raise LabellingError(f"novelty reference {spec.reference} was fitted with model {sha[:12]}, this miner "
-                                     f"runs {self.model_source['sha256'][:12]}: features of another model")
         self.indices: dict[str, list[int]] = {}
         for i in range(len(self.dataset)):
             self.indices.setdefault(self.dataset.record(i).scene_token, []).append(i)

@@ -76,13 +76,17 @@ class NoveltyReference:
     def load(cls, path: str) -> "NoveltyReference":
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in REFERENCE_KEYS if k not in z.files]
-                if missing:
-                    raise LabellingError(f"novelty reference {path}: field {missing[0]!r} missing")
-                ref = cls(mean=z["mean"], precision=z["precision"], median=float(z["median"]),
-                          shrinkage=float(z["shrinkage"]), frames=int(z["frames"]),
-                          model_sha256=str(z["model_sha256"]), warmup=int(z["warmup"]))
+                fields = {k: z[k] for k in REFERENCE_KEYS if k in z.files}
         except (OSError, ValueError) as e:
+            raise LabellingError(f"novelty reference {path}: {e}") from e
+        missing = [k for k in REFERENCE_KEYS if k not in fields]
+        if missing:
+            raise LabellingError(f"novelty reference {path}: field {missing[0]!r} missing")
+        try:
+            ref = cls(mean=fields["mean"], precision=fields["precision"], median=float(fields["median"]),
+                      shrinkage=float(fields["shrinkage"]), frames=int(fields["frames"]),
+                      model_sha256=str(fields["model_sha256"]), warmup=int(fields["warmup"]))
+        except (TypeError, ValueError) as e:
             raise LabellingError(f"novelty reference {path}: {e}") from e
         n = ref.mean.shape
         if len(n) != 1 or n[0] % 2 or ref.precision.shape != (n[0], n[0]) or not ref.median > 0:
