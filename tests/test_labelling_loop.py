@@ -36,6 +36,21 @@ def test_bad_loop_config_is_one_clear_error(tmp_path):
         Loop(cfg)
 
 
+def test_oracle_ranks_the_hidden_long_tail_first_and_needs_the_truth():
+    from drive.labelling.loop import _oracle_scores
+    from drive.labelling.triggers import select_clips
+
+    fleet = {"root": "/f", "info": {"longtail_scenes": ["s1", "s3"]},
+             "clips": [{"scene_token": t, "scene_name": n} for t, n in (("a", "s0"), ("b", "s1"), ("c", "s2"),
+                                                                         ("d", "s3"))]}
+    mined = [{"scene_token": t, "clip_score": v} for t, v in (("a", 0.9), ("b", 0.1), ("c", 0.8), ("d", 0.0))]
+    scores = _oracle_scores(fleet, mined)
+    assert [s["clip_score"] for s in scores] == [0.0, 1.0, 0.0, 1.0]
+    assert select_clips(scores, {}, budget_clips=3) == ["b", "d", "a"]  # long tail first, then ties by token
+    with pytest.raises(LabellingError, match="'oracle' needs a fleet with hidden truth.*/f"):
+        _oracle_scores({**fleet, "info": {}}, mined)
+
+
 def test_longtail_mining_counts_and_auc_on_a_hand_made_round():
     from drive.labelling.report import longtail_mining
 
@@ -68,6 +83,11 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     loop.prepare()
     fleet = loop.step_fleet(1)
     loop.step_mine("triggers", 1)  # the car mined intact clips; one arrives corrupt in the cloud
+    oracle = loop.step_select("oracle", 1)  # the hidden truth uploads the fleet's one long-tail clip first
+    longtail = set(fleet["info"]["longtail_scenes"])
+    assert [c["scene_name"] in longtail for c in fleet["clips"]].count(True) == 1
+    name = {c["scene_token"]: c["scene_name"] for c in fleet["clips"]}
+    assert [name[t] in longtail for t in oracle["uploaded"]] == [True, False, False]
     bad = fleet["clips"][0]["scene_token"]
     from drive.data.nusc import open_nuscenes
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-STRATEGIES = ("triggers", "random", "human")
+STRATEGIES = ("triggers", "random", "human", "oracle")
+DEFAULT_STRATEGIES = ("triggers", "random", "human")
 STRATEGY_LABELS = {
     "triggers": "edge triggers + auto-labels (ours)",
     "random": "random clips + auto-labels",
     "human": "random clips, humans label everything",
+    "oracle": "hidden truth picks the long tail + auto-labels (upper bound)",
 }
 
 
@@ -113,7 +115,7 @@ class LoopConfig:
     teacher_ckpt: str = ""  # the offboard teacher (any drive-train checkpoint; the larger the better)
     rounds: int = 3
     round: Optional[int] = None  # run only this round (earlier ones first if missing); None: 1..rounds
-    strategies: list = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     engine: str = "local"  # local | ray (trigger mining and teacher labelling)
     num_actors: int = 2
     threads: Optional[int] = None

@@ -9,6 +9,9 @@ Three strategies spend the same human-labelling budget every round and differ on
 * ``random``: the same, but the uploaded clips are chosen at random.
 * ``human``: random clips, no teacher: humans label whole clips while the budget lasts.
 
+``oracle`` (opt-in, synthetic fleets only) is ``triggers`` with a perfect trigger: the fleet's hidden truth
+uploads the long-tail clips first. It bounds what any trigger could gain in this world.
+
 Every step writes ``<out_dir>/rounds/<strategy>/rNN/<step>.json`` atomically when it finishes and is skipped
 when that file exists, so a killed round resumes where it stopped: finished clips are not relabelled, the
 review queue and the label store are idempotent (keyed by strategy, round and sample token), and training
@@ -283,8 +286,9 @@ class Loop:
             fleet, mine = self.step_fleet(r), self.step_mine(strategy, r)
             size = {c["scene_token"]: c["bytes"] for c in fleet["clips"]}
             up = self.cfg.upload
-            chosen = select_clips(mine["clips"], size, budget_bytes=up.budget_bytes, budget_clips=up.budget_clips,
-                                  strategy="triggers" if strategy == "triggers" else "random",
+            reports = _oracle_scores(fleet, mine["clips"]) if strategy == "oracle" else mine["clips"]
+            chosen = select_clips(reports, size, budget_bytes=up.budget_bytes, budget_clips=up.budget_clips,
+                                  strategy="triggers" if strategy in ("triggers", "oracle") else "random",
                                   seed=self.cfg.seed * 1000 + r)
             accepted, rejected = [], {}
             for tok in chosen:
@@ -437,6 +441,17 @@ class Loop:
             return out
 
         return step(self.paths.round_dir(strategy, r), "quality", run)
+
+
+def _oracle_scores(fleet: dict, reports: list[dict]) -> list[dict]:
+    """The oracle's clip scores: 1 for the fleet's hidden long-tail clips, 0 for the rest (ties by token)."""
+    truth = (fleet.get("info") or {}).get("longtail_scenes")
+    if truth is None:
+        raise LabellingError(f"strategy 'oracle' needs a fleet with hidden truth (fleet.json 'longtail_scenes'): "
+                             f"{fleet.get('root')}")
+    names = {c["scene_token"]: c["scene_name"] for c in fleet["clips"]}
+    return [{"scene_token": c["scene_token"], "clip_score": float(names.get(c["scene_token"]) in set(truth))}
+            for c in reports]
 
 
 def _label_whole_clips(ann, fleet: dict, accepted: list[str], fleet_root: str, budget: float, strategy: str,
