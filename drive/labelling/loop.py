@@ -449,8 +449,9 @@ def _oracle_scores(fleet: dict, reports: list[dict]) -> list[dict]:
     if truth is None:
         raise LabellingError(f"strategy 'oracle' needs a fleet with hidden truth (fleet.json 'longtail_scenes'): "
                              f"{fleet.get('root')}")
+    truth = set(truth)
     names = {c["scene_token"]: c["scene_name"] for c in fleet["clips"]}
-    return [{"scene_token": c["scene_token"], "clip_score": float(names.get(c["scene_token"]) in set(truth))}
+    return [{"scene_token": c["scene_token"], "clip_score": float(names.get(c["scene_token"]) in truth)}
             for c in reports]
 
 
