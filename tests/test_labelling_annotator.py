@@ -149,6 +149,21 @@ def test_label_frames_in_order_within_budget(nusc, synth_world, n_visible):
     assert everything.frames == 3 and not everything.budget_exhausted
 
 
+def test_whole_clips_are_labelled_in_order_while_a_whole_clip_fits(nusc, synth_world, n_visible):
+    scenes = [s["token"] for s in nusc.scene][:2]
+    frames = {sc: [s["token"] for s in nusc.sample if s["scene_token"] == sc] for sc in scenes}
+    clip_cost = {sc: sum(0.5 + n_visible[t] for t in frames[sc]) for sc in scenes}
+    ann = make(nusc, synth_world, cost_per_box=1.0, cost_per_frame=0.5)
+    # the budget fits the second clip exactly and the first one not after it: one clip, never half of one
+    out = ann.label_whole_clips([scenes[1], scenes[0]], budget=clip_cost[scenes[1]] + clip_cost[scenes[0]] - 0.5)
+    assert out["clips"] == [scenes[1]] and out["cost"] == clip_cost[scenes[1]]
+    assert sorted(out["labels"]) == sorted(frames[scenes[1]]) and out["frames"] == len(frames[scenes[1]])
+    assert out["boxes"] == sum(n_visible[t] for t in frames[scenes[1]])
+    assert ann.label_whole_clips(scenes, budget=0.0)["clips"] == []
+    with pytest.raises(LabellingError, match="scene token 'nope' is not in the truth data set"):
+        ann.label_whole_clips(["nope"], budget=10.0)
+
+
 def _all_labels(ann, nusc):
     return {s["token"]: ann.label(s["token"])[0] for s in nusc.sample}
 

@@ -212,6 +212,33 @@ class SimulatedAnnotator:
             self._add(result, token, boxes, cost, round, strategy)
         return result
 
+    def label_whole_clips(self, scene_tokens: Iterable[str], budget: float) -> dict:
+        """Humans only: label every keyframe of each scene, in the given order, while a whole clip fits the
+        budget (a half-labelled clip would teach the model that its unlabelled frames are empty roads). Returns
+        frames, boxes, cost, budget, the clips labelled, the labels (box dicts by sample token), reviewer."""
+        budget = self._check_budget(budget)
+        labels, clips, cost, boxes = {}, [], 0.0, 0
+        for scene in scene_tokens:
+            try:
+                tok = self.nusc.get("scene", scene)["first_sample_token"]
+            except KeyError as e:
+                raise LabellingError(f"simulated annotator: scene token {scene!r} is not in the truth data set "
+                                     f"{self.truth_root} ({self.truth_version})") from e
+            frames = {}
+            while tok:
+                frames[tok] = self.label(tok)
+                tok = self.nusc.get("sample", tok)["next"]
+            clip_cost = sum(c for _, c in frames.values())
+            if cost + clip_cost > budget + _EPS:
+                break
+            cost += clip_cost
+            clips.append(scene)
+            for t, (bs, _) in frames.items():
+                labels[t] = [b.to_dict() for b in bs]
+                boxes += len(bs)
+        return {"frames": len(labels), "boxes": boxes, "cost": cost, "budget": budget, "clips": clips,
+                "labels": labels, "reviewer": self.reviewer}
+
     def replay(self, queue: ReviewQueue, strategy: str, round: int) -> ReviewResult:
         """The labels of the items this reviewer already completed in the queue (labelling is deterministic), so a
         round killed after the queue was updated but before the labels were stored gets them back without

@@ -333,8 +333,7 @@ class Loop:
             budget = self.review_budget(strategy, r)
             ann = self.annotator(r)
             if strategy == "human":
-                return _label_whole_clips(ann, self.step_fleet(r), self.step_select(strategy, r)["accepted"],
-                                          self.paths.fleet(r), budget, strategy, r)
+                return ann.label_whole_clips(self.step_select(strategy, r)["accepted"], budget)
             from .queue import QueueRequest, ReviewQueue
 
             queue = ReviewQueue(self.paths.queue)
@@ -453,32 +452,6 @@ def _oracle_scores(fleet: dict, reports: list[dict]) -> list[dict]:
     names = {c["scene_token"]: c["scene_name"] for c in fleet["clips"]}
     return [{"scene_token": c["scene_token"], "clip_score": float(names.get(c["scene_token"]) in truth)}
             for c in reports]
-
-
-def _label_whole_clips(ann, fleet: dict, accepted: list[str], fleet_root: str, budget: float, strategy: str,
-                       r: int) -> dict:
-    """Humans-only: label accepted clips completely, in upload order, while a whole clip fits the budget (a
-    half-labelled clip would teach the model that its unlabelled frames are empty roads)."""
-    from drive.data.nusc import open_nuscenes
-
-    nusc = open_nuscenes(fleet_root, FLEET_VERSION)
-    labels, clips, cost, boxes = {}, [], 0.0, 0
-    for scene in accepted:
-        tokens, tok = [], nusc.get("scene", scene)["first_sample_token"]
-        while tok:
-            tokens.append(tok)
-            tok = nusc.get("sample", tok)["next"]
-        frames = {t: ann.label(t) for t in tokens}
-        clip_cost = sum(c for _, c in frames.values())
-        if cost + clip_cost > budget:
-            break
-        cost += clip_cost
-        clips.append(scene)
-        for t, (bs, _) in frames.items():
-            labels[t] = [b.to_dict() for b in bs]
-            boxes += len(bs)
-    return {"frames": len(labels), "boxes": boxes, "cost": cost, "budget": budget, "clips": clips, "labels": labels,
-            "reviewer": ann.reviewer}
 
 
 def _plain(x: Any) -> Any:
