@@ -36,6 +36,20 @@ def test_bad_loop_config_is_one_clear_error(tmp_path):
         Loop(cfg)
 
 
+def test_review_budget_carries_unspent_budget_over_and_is_never_negative(tmp_path):
+    from drive.labelling.scalabel import atomic_write_json
+
+    cfg = tiny_loop_config(tmp_path, str(tmp_path))
+    loop = Loop(cfg)
+    assert loop.review_budget("triggers", 1) == 60.0
+    atomic_write_json(os.path.join(loop.paths.round_dir("triggers", 1), "review.json"), {"cost": 45.5})
+    assert loop.review_budget("triggers", 2) == 120.0 - 45.5  # 14.5 left over from round 1
+    atomic_write_json(os.path.join(loop.paths.round_dir("triggers", 2), "review.json"), {"cost": 74.5 + 1e-12})
+    assert loop.review_budget("triggers", 3) == pytest.approx(60.0)
+    loop.cfg.review.budget = 0.0  # a frame may overshoot by the budget tolerance: the next budget is 0, not < 0
+    assert loop.review_budget("triggers", 3) == 0.0
+
+
 def test_oracle_ranks_the_hidden_long_tail_first_and_needs_the_truth():
     from drive.labelling.loop import _oracle_scores
     from drive.labelling.triggers import select_clips

@@ -358,7 +358,7 @@ class Loop:
         need two rounds' budget for one clip)."""
         spent = sum(float((read_json(os.path.join(self.paths.round_dir(strategy, k), "review.json")) or {})
                           .get("cost", 0.0)) for k in range(1, r))
-        return r * self.cfg.review.budget - spent
+        return max(0.0, r * self.cfg.review.budget - spent)  # never a float-rounding -1e-15
 
     def step_store(self, strategy: str, r: int) -> dict:
         """Write the round's store version: earlier rounds + accepted clips with auto and human labels."""
