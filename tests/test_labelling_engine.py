@@ -55,6 +55,14 @@ def test_failing_clip_is_named_and_the_others_still_delivered():
         run_clips(fails_on_b, JOBS, on_result=lambda i, r: seen.append(r["clip"]))
     assert seen == ["a", "c", "d"]
 
+    def names_itself(job):
+        if job["clip"] == "c":
+            raise LabellingError(f"clip {job['clip']}: corrupt image")
+        return {}
+
+    with pytest.raises(LabellingError, match=r"failed \(clip c\); clip c: corrupt image$"):  # named once
+        run_clips(names_itself, JOBS)
+
 
 def test_bad_inputs_and_non_json_results():
     with pytest.raises(LabellingError, match="engine must be one of"):

@@ -150,8 +150,9 @@ def run_clips(worker: Worker, jobs: list[dict], engine: str = "local", num_actor
         i, first = failed[0]
         log.error("%s failed:\n%s", clip_name(jobs[i], i), first.get("traceback", ""))
         names = ", ".join(clip_name(jobs[k], k) for k, _ in failed)
-        raise LabellingError(f"{len(failed)} of {len(jobs)} clip jobs failed ({names}); "
-                             f"{clip_name(jobs[i], i)}: {first['error']}")
+        name = clip_name(jobs[i], i)
+        error = first["error"] if first["error"].startswith(name) else f"{name}: {first['error']}"
+        raise LabellingError(f"{len(failed)} of {len(jobs)} clip jobs failed ({names}); {error}")
     log.info("%d clips on engine=%s in %.1f s", len(jobs), engine, time.time() - t0)
     return [json.loads(o["result"]) for o in outcomes]
 
