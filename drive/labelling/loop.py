@@ -444,13 +444,13 @@ class Loop:
 
 def _oracle_scores(fleet: dict, reports: list[dict]) -> list[dict]:
     """The oracle's clip scores: 1 for the fleet's hidden long-tail clips, 0 for the rest (ties by token)."""
-    truth = (fleet.get("info") or {}).get("longtail_scenes")
-    if truth is None:
+    from .report import longtail_flags
+
+    is_lt = longtail_flags(fleet)
+    if is_lt is None:
         raise LabellingError(f"strategy 'oracle' needs a fleet with hidden truth (fleet.json 'longtail_scenes'): "
                              f"{fleet.get('root')}")
-    truth = set(truth)
-    names = {c["scene_token"]: c["scene_name"] for c in fleet["clips"]}
-    return [{"scene_token": c["scene_token"], "clip_score": float(names.get(c["scene_token"]) in truth)}
+    return [{"scene_token": c["scene_token"], "clip_score": float(is_lt.get(c["scene_token"], False))}
             for c in reports]
 
 

@@ -43,7 +43,7 @@ class ClipMiner:
 
     def check(self) -> TriggerConfig:
         """Cheap argument checks (no model, no tables): one model source, files and root exist, a valid config,
-        a novelty reference when the novelty signal has a weight."""
+        a novelty reference when the novelty signal has a weight, readable and fitted with this model file."""
         if bool(self.onnx_path) == bool(self.ckpt_path):
             raise LabellingError("ClipMiner needs exactly one of onnx_path (edge model) or ckpt_path (checkpoint), "
                                  f"got onnx_path={self.onnx_path!r}, ckpt_path={self.ckpt_path!r}")

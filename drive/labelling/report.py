@@ -26,6 +26,17 @@ def _get(d: Optional[dict], *keys, default=None):
     return d
 
 
+def longtail_flags(fleet: Optional[dict]) -> Optional[dict[str, bool]]:
+    """Hidden truth of a fleet step result: scene token -> is a long-tail clip; None when the fleet does not
+    say (a real fleet) or lists no clips."""
+    names = {c["scene_token"]: c["scene_name"] for c in _get(fleet, "clips", default=[]) or []}
+    truth = _get(fleet, "info", "longtail_scenes")
+    if truth is None or not names:
+        return None
+    truth = set(truth)
+    return {tok: name in truth for tok, name in names.items()}
+
+
 def longtail_mining(fleet: Optional[dict], mine: Optional[dict], uploaded: list[str]) -> Optional[dict]:
     """How well the round's triggers found the long-tail clips (hidden truth, used only to report).
 
@@ -39,12 +50,9 @@ def longtail_mining(fleet: Optional[dict], mine: Optional[dict], uploaded: list[
 
     from .triggers import SIGNALS
 
-    names = {c["scene_token"]: c["scene_name"] for c in _get(fleet, "clips", default=[]) or []}
-    truth = _get(fleet, "info", "longtail_scenes")
-    if truth is None or not names:
+    is_lt = longtail_flags(fleet)
+    if is_lt is None:
         return None
-    truth = set(truth)
-    is_lt = {tok: name in truth for tok, name in names.items()}
     reports = [c for c in _get(mine, "clips", default=[]) or [] if c.get("scene_token") in is_lt]
 
     def auc(values: dict) -> Optional[float]:
