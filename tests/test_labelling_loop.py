@@ -13,8 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from eval_fixtures import write_checkpoint  # noqa: E402
 
 from drive.labelling import engine, retrain  # noqa: E402
-from drive.labelling.config import (AutoLabelConfig, BaseData, FleetConfig, LongtailValConfig, LoopConfig, ProfileConfig,  # noqa: E402
-                                    RetrainConfig, ReviewConfig, UploadConfig)
+from drive.labelling.config import (AutoLabelConfig, BaseData, DistillConfig, FleetConfig, LongtailValConfig,  # noqa: E402
+                                    LoopConfig, ProfileConfig, RetrainConfig, ReviewConfig, UploadConfig)
 from drive.labelling.errors import LabellingError  # noqa: E402
 from drive.labelling.loop import FLEET_VERSION, Loop, read_json  # noqa: E402
 
@@ -26,7 +26,7 @@ def tiny_loop_config(tmp_path, base_root) -> LoopConfig:
         threads=1, base=BaseData(root=base_root), fleet=FleetConfig(scenes=3, keyframes=4, workers=1, seed=77),
         longtail_val=LongtailValConfig(scenes=1, keyframes=4, workers=1), upload=UploadConfig(budget_clips=3),
         review=ReviewConfig(budget=60.0), teacher={"min_box_score": 0.0}, auto_labels=AutoLabelConfig(min_confidence=0.0),
-        retrain=RetrainConfig(steps=2, warmup_steps=1, num_workers=0),
+        retrain=RetrainConfig(steps=2, warmup_steps=1, num_workers=0, distill=DistillConfig(weight=1.0)),
         profile=ProfileConfig(targets=["orin-x"], runs=2, warmup=1))
 
 
@@ -148,6 +148,12 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
 
     train_cfg = OmegaConf.load(os.path.join(d, "train", "config.yaml"))
     assert dict(train_cfg.temporal.repeat_scenes) == {"fleet": loop.cfg.retrain.fleet_repeat}  # fleet oversampled
+    # distillation: the teacher kept maps of exactly the accepted clips' keyframes, the fine-tune used them
+    accepted_frames = {t for c in read_json(os.path.join(d, "teacher.json"))["clips"] for t in c["samples"]}
+    assert {f[:-4] for f in os.listdir(loop.paths.teacher_maps)} == accepted_frames and len(accepted_frames) == 8
+    trained = read_json(os.path.join(d, "train.json"))
+    assert trained["distill"]["frames_with_maps"] == 8 and train_cfg.loss.distill.weight == 1.0
+    assert train_cfg.loss.distill.targets_dir == loop.paths.teacher_maps
     assert read_json(os.path.join(d, "review.json")) == review
     store_after = read_tables(loop.paths.store("triggers"), "v1.0-r1")
     assert store_after["sample_annotation"] == store_before["sample_annotation"]
@@ -173,6 +179,8 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     human = loop.run_round("human", 1)  # its own mining meets the corrupt clip: skipped, the round goes on
     assert bad in read_json(os.path.join(loop.paths.round_dir("human", 1), "mine.json"))["failed"]
     assert human["auto_boxes"] == 0 and human["label_cost"] <= cfg.review.budget
+    human_cfg = OmegaConf.load(os.path.join(loop.paths.round_dir("human", 1), "train", "config.yaml"))
+    assert human_cfg.loss.distill.weight == 0.0  # no teacher in this strategy: nothing to distil from
     from drive.labelling.report import write_loop_report
 
     summary = write_loop_report(loop)

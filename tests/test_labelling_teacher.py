@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from drive.data.augment import BevAug, mirrored_camera_order
-from drive.data.dataset import NuScenesDrivingDataset, collate
+from drive.data.dataset import NuScenesDrivingDataset, collate, index_samples
 from drive.data.geometry import pose_to_matrix
 from drive.data.nusc import open_nuscenes, scenes_of_split
+from drive.data.teacher_maps import read_teacher_maps
 from drive.evaluation.backends import GroundTruthBackend, TorchBackend
 from drive.evaluation.checkpoint import load_model, sha256_of
 from drive.labelling.errors import LabellingError
@@ -257,7 +258,8 @@ class _Recorder:
         self.calls.append({"token": batch.meta[0].sample_token, "prev_bev": prev_bev.clone(),
                            "has_prev": float(has_prev),
                            "prev_T_cur": batch.features.prev_T_cur[0].double().numpy(),
-                           "ego2img": batch.features.ego2img[0].clone(), "bev": out.bev.clone()})
+                           "ego2img": batch.features.ego2img[0].clone(), "bev": out.bev.clone(),
+                           "heat": torch.sigmoid(out.det_heatmap[0])})
         return out
 
 
@@ -268,7 +270,8 @@ def test_random_checkpoint_runs_every_pass_with_the_right_inputs(synth_world, va
     rec = _Recorder(TorchBackend(model))
     teacher = OffboardTeacher(rec, TeacherConfig(min_box_score=0.0, lidar_count=False), image_hw=(64, 96),
                               cache_dir=str(tmp_path / "cache"))
-    clip = teacher.label_clip(synth_world, VERSION, scenes[0])
+    maps_dir = str(tmp_path / "maps")
+    clip = teacher.label_clip(synth_world, VERSION, scenes[0], maps_dir=maps_dir)
     n = len(clip.samples)
     assert n == 8 and len(rec.calls) == 4 * n
     fwd, fwd_m, bwd, bwd_m = (rec.calls[0:2 * n:2], rec.calls[1:2 * n:2], rec.calls[2 * n::2], rec.calls[2 * n + 1::2])
@@ -288,13 +291,29 @@ def test_random_checkpoint_runs_every_pass_with_the_right_inputs(synth_world, va
     assert torch.allclose(fwd_m[0]["ego2img"], flip_u @ fwd[0]["ego2img"][twin] @ flip, atol=1e-4)
     assert all(clip.stats["raw_boxes"][p] > 0 for p in clip.stats["passes"])
     assert set(clip.boxes) == set(clip.samples) and all(isinstance(b, LabelBox) for v in clip.boxes.values() for b in v)
+    # the teacher maps for distillation: features averaged over the time directions, the mirrored world's apart,
+    # class probabilities over all four passes with the mirrored ones flipped back (row = y)
+    assert clip.stats["maps_written"] == n and sorted(os.listdir(maps_dir)) == sorted(f"{t}.npz" for t in clip.samples)
+    for k in (0, n - 1):
+        m = read_teacher_maps(os.path.join(maps_dir, f"{clip.samples[k]}.npz"))
+        b = bwd[n - 1 - k]
+        np.testing.assert_allclose(m.bev, ((fwd[k]["bev"] + b["bev"]) / 2)[0].numpy(), atol=2e-3, rtol=2e-3)
+        np.testing.assert_allclose(m.bev_mirror, ((fwd_m[k]["bev"] + bwd_m[n - 1 - k]["bev"]) / 2)[0].numpy(),
+                                   atol=2e-3, rtol=2e-3)
+        heat = (fwd[k]["heat"] + b["heat"] + fwd_m[k]["heat"].flip(-2) + bwd_m[n - 1 - k]["heat"].flip(-2)) / 4
+        np.testing.assert_allclose(m.heatmap, heat.numpy(), atol=1e-3)
+        assert m.passes == 4 and m.bev_range == pytest.approx(51.2)
+        np.testing.assert_allclose(m.global_T_ego, next(r.global_T_ego for r in index_samples(nusc, [scenes[0]], False)
+                                                        if r.sample_token == clip.samples[k]))
 
     # the engine's picklable spec: model loaded once, JSON-able rows, the checkpoint hash as provenance
     import pickle
 
-    spec = pickle.loads(pickle.dumps(TeacherSpec(ckpt, synth_world, VERSION, TeacherConfig(min_box_score=0.0), 1)))
+    spec = pickle.loads(pickle.dumps(TeacherSpec(ckpt, synth_world, VERSION, TeacherConfig(min_box_score=0.0), 1,
+                                                 maps_dir=str(tmp_path / "spec_maps"))))
     job = spec.build()
     row = json.loads(json.dumps(job({"scene_token": scenes[1]})))
+    assert sorted(os.listdir(tmp_path / "spec_maps")) == sorted(f"{t}.npz" for t in row["samples"])
     assert row["teacher_sha256"] == sha256_of(ckpt) and job.teacher_sha256 == row["teacher_sha256"]
     assert len(row["samples"]) == 8 and set(row["boxes"]) == set(row["samples"]) == set(row["review"])
     labels = ClipLabels.from_dict(row).frame_labels(round=2, strategy="ours")

@@ -83,6 +83,16 @@ class AutoLabelConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from the teacher's maps during the fine-tune (``drive.losses.distill``); weight 0 = off."""
+
+    weight: float = 0.0
+    feature_weight: float = 1.0  # BEV feature imitation (1x1 adapter to the teacher's width)
+    heatmap_weight: float = 1.0  # binary KL toward the teacher's class probabilities
+    background_weight: float = 0.1  # cells the teacher calls empty count this much (its foreground: 1 + this)
+
+
+@dataclass
 class RetrainConfig:
     """Fine-tuning of the edge model on the round's store version (drive-train with init_from)."""
 
@@ -93,6 +103,7 @@ class RetrainConfig:
     num_workers: int = 1
     fleet_repeat: int = 8  # each uploaded fleet keyframe appears this often per epoch (the base world once)
     overrides: list = field(default_factory=list)  # more drive-train overrides
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass

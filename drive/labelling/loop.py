@@ -69,6 +69,11 @@ class LoopPaths:
         return os.path.join(self.root, "store", strategy)
 
     @property
+    def teacher_maps(self) -> str:
+        """The teacher's maps of every keyframe it labelled (any strategy), for distillation."""
+        return os.path.join(self.root, "teacher_maps")
+
+    @property
     def queue(self) -> str:
         return os.path.join(self.root, "review_queue.sqlite")
 
@@ -311,7 +316,7 @@ class Loop:
             sel = self.step_select(strategy, r)
             spec = TeacherSpec(ckpt_path=os.path.abspath(self.cfg.teacher_ckpt), root=self.paths.fleet(r),
                                version=FLEET_VERSION, config=TeacherConfig(**dict(self.cfg.teacher)),
-                               threads=self.cfg.threads or 1)
+                               threads=self.cfg.threads or 1, maps_dir=self.paths.teacher_maps)
             clips = self._run_clips(spec, sel["accepted"], os.path.join(self.paths.round_dir(strategy, r), "teacher_clips"))
             return {"teacher": self.cfg.teacher_ckpt, "teacher_sha256": self.teacher_sha(), "clips": clips}
 
@@ -392,7 +397,8 @@ class Loop:
             prev_ckpt = self.checkpoint_of(strategy, r - 1)
             d = self.paths.round_dir(strategy, r)
             return finetune(self.cfg, prev_ckpt, self.paths.store(strategy), self.store_version(strategy, r),
-                            os.path.join(d, "train"))
+                            os.path.join(d, "train"),
+                            maps_dir=None if strategy == "human" else self.paths.teacher_maps)  # no teacher there
 
         return step(self.paths.round_dir(strategy, r), "train", run)
 

@@ -22,9 +22,12 @@ log = logging.getLogger(__name__)
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
-def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out_dir: str) -> dict:
+def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out_dir: str,
+             maps_dir: Optional[str] = None) -> dict:
     """drive-train on ``store_root/version`` (split ``loop_train``) starting from ``init_ckpt``'s weights with the
-    checkpoint's own model config; resumes from ``out_dir``'s ``last.ckpt`` after a crash."""
+    checkpoint's own model config; resumes from ``out_dir``'s ``last.ckpt`` after a crash. With
+    ``retrain.distill.weight > 0`` the keyframes that have teacher maps in ``maps_dir`` are also distilled
+    (``maps_dir=None``: no teacher, no distillation)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -45,6 +48,8 @@ def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out
         "callbacks.bev_plot=null", "callbacks.model_checkpoint=null", "metrics=null",
         f"+init_from={init_ckpt}", f"+temporal.repeat_scenes.{FLEET_SCENE_PREFIX}={int(rt.fleet_repeat)}",
         *rt.overrides]
+    distill = _distill_overrides(cfg, store_root, version, maps_dir)
+    overrides += distill.pop("overrides")
     if os.path.isfile(last):
         overrides.append(f"ckpt_path={last}")
         log.info("resuming the interrupted fine-tuning from %s", last)
@@ -59,7 +64,33 @@ def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out
     losses = _loss_curve(out_dir)
     return {"init_from": os.path.abspath(init_ckpt), "checkpoint": last, "steps": int(metrics.get("global_step", 0)),
             "data": {"root": store_root, "version": version, "split": "loop_train"},
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "distill": distill}
+
+
+def _distill_overrides(cfg: LoopConfig, store_root: str, version: str, maps_dir: Optional[str]) -> dict:
+    """The ``loss.distill`` overrides and how many of the version's labelled keyframes have teacher maps."""
+    from drive.data.teacher_maps import maps_path
+
+    from .store import LABEL_INDEX_FILE
+
+    d = cfg.retrain.distill
+    if d.weight <= 0 or maps_dir is None:  # None: a strategy without a teacher (humans label everything)
+        return {"weight": 0.0, "overrides": []}
+    if not os.path.isdir(maps_dir):
+        raise LabellingError(f"retrain.distill.weight > 0 but there is no teacher maps directory {maps_dir!r}")
+    with open(os.path.join(store_root, version, LABEL_INDEX_FILE)) as f:
+        tokens = list(json.load(f))
+    frames = sum(os.path.isfile(maps_path(maps_dir, t)) for t in tokens)
+    if frames == 0:
+        raise LabellingError(f"retrain.distill.weight > 0 but none of the {len(tokens)} labelled keyframes of "
+                             f"{store_root}/{version} has teacher maps in {maps_dir} (a teacher step from before "
+                             "maps were kept? delete the round's teacher.json and rerun)")
+    return {"weight": d.weight, "frames_with_maps": frames, "maps_dir": maps_dir,
+            "overrides": [f"loss.distill.weight={d.weight}", f"loss.distill.feature_weight={d.feature_weight}",
+                          f"loss.distill.heatmap_weight={d.heatmap_weight}",
+                          f"loss.distill.background_weight={d.background_weight}",
+                          f"loss.distill.targets_dir={maps_dir}"]}
 
 
 def _loss_curve(run_dir: str) -> list[float]:

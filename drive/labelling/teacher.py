@@ -26,6 +26,10 @@ Each keyframe also gets a review score in [0, 1] for the human queue: the mean o
 boxes whose confidence falls in ``review_band`` and (b) the mean share of passes that missed each fused box;
 the reason names the bigger of the two.
 
+With ``maps_dir`` the teacher also keeps, per keyframe, what the edge model can be distilled from
+(``drive.data.teacher_maps``): its BEV features averaged over the forward and backward passes (and, apart, over
+the mirrored ones), and its class probabilities averaged over all passes.
+
 The oracle ``GroundTruthBackend`` works too: pass ``targets`` (sample token -> unbatched ``Targets``); only
 that backend reads them, mirrored along with the world in the mirrored passes.
 """
@@ -47,6 +51,7 @@ from drive.data.errors import DataError
 from drive.data.features import build_features
 from drive.data.geometry import invert, pose_to_matrix
 from drive.data.image_cache import ImageCache
+from drive.data.teacher_maps import MapsAccumulator, write_teacher_maps
 from drive.data.nusc import open_nuscenes, resolve_data_path
 from drive.evaluation.backends import TorchBackend
 from drive.evaluation.errors import EvalError
@@ -208,13 +213,14 @@ class OffboardTeacher:
             except EvalError as e:
                 raise LabellingError(f"teacher checkpoint: {e}") from e
             self.backend, self.image_hw, self.teacher_sha256 = TorchBackend(model, "teacher"), cfg.image_hw, meta.sha256
-            self.image_crop_top = cfg.image_crop_top
+            self.image_crop_top, self.bev_range = cfg.image_crop_top, float(cfg.bev_range)
         else:
             if not callable(source) or not hasattr(source, "bev_shape"):
                 raise LabellingError("teacher source must be a checkpoint path or a Backend, "
                                      f"got {type(source).__name__}")
             self.backend, self.image_hw = source, tuple(image_hw or ModelConfig().image_hw)
             self.image_crop_top = float(getattr(source, "image_crop_top", 0.0))
+            self.bev_range = float(getattr(source, "bev_range", ModelConfig().bev_range))
         self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
         self.targets, self.cache_dir = targets, cache_dir
         self._nusc: dict = {}
@@ -234,7 +240,8 @@ class OffboardTeacher:
                 continue
         raise LabellingError(f"scene {scene_token!r} is not in {key[0]}/{version} (scene.json)")
 
-    def label_clip(self, root: str, version: str, scene_token: str) -> ClipLabels:
+    def label_clip(self, root: str, version: str, scene_token: str, maps_dir: Optional[str] = None) -> ClipLabels:
+        """Label one clip; with ``maps_dir`` also write every keyframe's teacher maps there (for distillation)."""
         t_start = time.time()
         cfg = self.config
         nusc = self._open(root, version, scene_token)
@@ -248,6 +255,7 @@ class OffboardTeacher:
                             self.image_crop_top)
         passes = cfg.passes()
         raw: list[list[Detections]] = [[] for _ in records]
+        maps = [MapsAccumulator() for _ in records] if maps_dir else None
         seconds = {name: 0.0 for name, _, _ in passes}
         for direction in (False, True):
             group = [(p, name, mirror) for p, (name, rev, mirror) in enumerate(passes) if rev == direction]
@@ -263,6 +271,8 @@ class OffboardTeacher:
                     out = streams[p](batch, linked=n > 0)
                     seconds[name] += time.time() - t0
                     raw[i].append(self._detections(out, records[i].global_T_ego, p, mirror, direction))
+                    if maps is not None:
+                        maps[i].add(out.bev[0].float().numpy(), out.det_heatmap[0].float().numpy(), mirror)
         merged = [Detections.concat(r) for r in raw]
         fused = [fuse_passes(m, len(passes), cfg.fuse_distance) for m in merged]
         times = [r.timestamp * 1e-6 for r in records]
@@ -292,6 +302,11 @@ class OffboardTeacher:
                 labels[records[b.frame].sample_token].append(self._label_box(records[b.frame].sample_token, b, c,
                                                                              scene_token))
         stats["labels"] = int(sum(len(v) for v in labels.values()))
+        if maps is not None:
+            for rec, acc in zip(records, maps):
+                write_teacher_maps(maps_dir, rec.sample_token, acc.result(rec.global_T_ego, self.bev_range,
+                                                                          self.teacher_sha256))
+            stats["maps_written"] = len(maps)
         review = {r.sample_token: self._review(labels[r.sample_token], fused[i], len(passes))
                   for i, r in enumerate(records)}
         return ClipLabels(scene_token, [r.sample_token for r in records], labels, review, stats, self.teacher_sha256,
@@ -411,6 +426,7 @@ class TeacherSpec:
     version: str
     config: TeacherConfig = field(default_factory=TeacherConfig)
     threads: Optional[int] = 1
+    maps_dir: Optional[str] = None  # also write every keyframe's teacher maps here (drive.data.teacher_maps)
 
     def build(self) -> Callable[[Mapping], dict]:
         """``job({"scene_token": ...}) -> ClipLabels.to_dict()`` (JSON-able), with ``teacher_sha256``."""
@@ -418,12 +434,12 @@ class TeacherSpec:
             torch.set_num_threads(int(self.threads))
         config = self.config if isinstance(self.config, TeacherConfig) else TeacherConfig(**dict(self.config))
         teacher = OffboardTeacher(self.ckpt_path, config)
-        root, version = self.root, self.version
+        root, version, maps_dir = self.root, self.version, self.maps_dir
 
         def job(row: Mapping) -> dict:
             if "scene_token" not in row:
                 raise LabellingError(f"teacher job row has no 'scene_token' (keys {sorted(row)})")
-            return teacher.label_clip(root, version, str(row["scene_token"])).to_dict()
+            return teacher.label_clip(root, version, str(row["scene_token"]), maps_dir).to_dict()
 
         job.teacher_sha256 = teacher.teacher_sha256  # type: ignore[attr-defined]
         return job

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from drive.losses.detection import DetectionLossConfig, detection_loss
+from drive.losses.distill import DistillLossConfig
 from drive.losses.map import MapLossConfig, map_loss
 from drive.losses.motion import MotionLossConfig, match_decoded_agents, motion_loss
 from drive.losses.perspective import PerspectiveLossConfig
@@ -34,6 +35,8 @@ class LossConfig:
     planning: PlanningLossConfig = field(default_factory=PlanningLossConfig)
     # training-only image-view auxiliary (its head lives in the DrivingSystem; weight 0 = off)
     perspective: PerspectiveLossConfig = field(default_factory=PerspectiveLossConfig)
+    # training-only distillation from an offboard teacher's maps (adapter in the DrivingSystem; weight 0 = off)
+    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
 
 
 def check_loss_config(cfg: LossConfig, model: DrivingModel) -> None:
@@ -42,6 +45,8 @@ def check_loss_config(cfg: LossConfig, model: DrivingModel) -> None:
         raise ValueError(f"loss bev_range {cfg.bev_range} != model {model.view_transform.bev_range}")
     if cfg.perspective.weight < 0:
         raise ValueError(f"loss perspective.weight must be >= 0, got {cfg.perspective.weight}")
+    if cfg.distill.weight < 0:
+        raise ValueError(f"loss distill.weight must be >= 0, got {cfg.distill.weight}")
     if abs(cfg.map_range - model.map_head.map_range) > 1e-6:
         raise ValueError(f"loss map_range {cfg.map_range} != model map head {model.map_head.map_range}")
 

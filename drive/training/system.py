@@ -9,7 +9,9 @@ the one before), then the current frame runs with gradient, ``prev_bev`` = the l
 (``query_boxes``), so every GT agent gets a motion loss. Losses are weighted by ``LossConfig`` and
 each head's term is logged under ``train/``. With ``loss.perspective.weight > 0`` the system also
 holds a ``PerspectiveHead`` on the camera features (training only, never exported; BEVFormer v2's
-perspective supervision) and adds its loss.
+perspective supervision) and adds its loss. With ``loss.distill.weight > 0`` it holds a ``Distiller`` (adapter
++ the teacher maps of ``loss.distill.targets_dir``, training only) and adds the distillation of the current
+frame's BEV and heatmap toward an offboard teacher's (``drive/losses/distill.py``).
 
 Validation: one frame per step in temporal order. The BEV of a frame is kept and handed to the next
 frame when that frame's ``prev_token`` is the frame just processed; otherwise (scene start, or a
@@ -30,6 +32,7 @@ from drive.models.heads.perspective import PerspectiveHead
 from drive.models.model import DrivingModel, ModelOutputs
 from drive.types import Batch, Features
 
+from .distill import Distiller
 from .ema import EMA
 from .optim import parameter_groups
 from .temporal import TemporalBatch
@@ -71,6 +74,11 @@ class DrivingSystem(L.LightningModule):
         self.perspective_head: Optional[PerspectiveHead] = None
         if loss.perspective.weight > 0:
             self.perspective_head = PerspectiveHead(model.neck.lateral[0].out_channels, loss.perspective.hidden)
+        self.distiller: Optional[Distiller] = None
+        if loss.distill.weight > 0:
+            vt = model.view_transform
+            self.distiller = Distiller(vt.embed_dim, vt.bev_size, vt.bev_range, model.detection_head.num_classes,
+                                       loss.distill)
         self.teacher_forcing = bool(teacher_forcing)
         if hparams:
             self.save_hyperparameters(hparams, logger=False)
@@ -129,6 +137,10 @@ class DrivingSystem(L.LightningModule):
             persp = perspective_loss(heat, depth, t, f.ego2img, tuple(f.images.shape[-2:]), self.loss_config.perspective)
             losses.update(persp)
             losses["loss"] = losses["loss"] + self.loss_config.perspective.weight * persp["perspective"]
+        if self.distiller is not None:
+            dist = self.distiller(out.bev, out.det_heatmap, cur.meta)
+            losses.update(dist)
+            losses["loss"] = losses["loss"] + self.loss_config.distill.weight * dist["distill"]
         n = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=n)
@@ -143,7 +155,7 @@ class DrivingSystem(L.LightningModule):
 
     def configure_optimizers(self):
         wd = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        trained = torch.nn.ModuleList([self.model] + ([self.perspective_head] if self.perspective_head is not None else []))
+        trained = torch.nn.ModuleList([self.model] + [m for m in (self.perspective_head, self.distiller) if m is not None])
         optimizer = self.optimizer_factory(parameter_groups(trained, wd))
         if self.scheduler_factory is None:
             return optimizer
