@@ -62,7 +62,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from drive.cli.loop import loop_config
-    from drive.labelling.loop import Loop
+    from drive.labelling.loop import Loop, read_json
 
     with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
         cfg = compose("loop", overrides=[f"out_dir={a.out}", f"student_ckpt={student}",
@@ -86,6 +86,10 @@ def main() -> None:
     def mining(rep):
         return rep.get("longtail_mining") or {}
 
+    def distill_of(strategy, r):
+        d = (read_json(os.path.join(loop.paths.round_dir(strategy, r), "train.json")) or {}).get("distill") or {}
+        return {k: d[k] for k in ("weight", "frames_with_maps", "feature", "heatmap") if k in d}
+
     for s, reps in summary["strategies"].items():
         figures["strategies"][s] = [{
             "round": rep["round"], "cost_cumulative": rep["cost_cumulative"], "uploaded_bytes": rep["uploaded_bytes"],
@@ -97,9 +101,17 @@ def main() -> None:
             "latency_ms": rep.get("latency_ms"),
             "longtail_uploaded": mining(rep).get("uploaded_longtail"),
             "fleet_longtail": mining(rep).get("fleet_longtail"),
-            "trigger_auc": mining(rep).get("clip_score_auc"), "signal_auc": mining(rep).get("signal_auc")}
+            "trigger_auc": mining(rep).get("clip_score_auc"), "signal_auc": mining(rep).get("signal_auc"),
+            "distill": distill_of(s, rep["round"])}
             for rep in reps]
     print(json.dumps(figures, indent=1))
+
+    def distill_text(d):
+        if not d.get("weight"):
+            return ""
+        f, h = d.get("feature") or {}, d.get("heatmap") or {}
+        return (f", distilled (weight {d['weight']}, last round {d.get('frames_with_maps')} frames with teacher maps, "
+                f"feature loss {f.get('start')}->{f.get('end')}, heatmap KL {h.get('start')}->{h.get('end')})")
     parts = [f"start NDS {figures['start']['NDS']} L2 {figures['start']['plan_l2_avg_averaged']}"]
     for s, reps in figures["strategies"].items():
         if reps:
@@ -111,7 +123,8 @@ def main() -> None:
                          + (f", teacher mAP {sum(tm) / len(tm):.3f} vs edge {sum(em) / len(em):.3f}" if tm and em else "")
                          + (", long-tail clips uploaded " + "/".join(f"{r['longtail_uploaded']} of {r['fleet_longtail']}"
                                                                    for r in reps)
-                            if all(r["longtail_uploaded"] is not None for r in reps) else ""))
+                            if all(r["longtail_uploaded"] is not None for r in reps) else "")
+                         + distill_text(last.get("distill") or {}))
     summary_line = f"{a.rounds} rounds in {figures['wall_minutes']} min; " + "; ".join(parts)
     if a.no_record:
         with open(a.json, "w") as f:

@@ -202,3 +202,9 @@ def test_a_round_resumes_after_a_crash_and_keeps_provenance(synth_world, tmp_pat
     md = open(os.path.join(loop.paths.root, "report.md")).read()
     assert "long-tail" in md and "CAM_FRONT" in md and "long-tail clips uploaded (fleet)" in md
     json.dumps(summary)
+
+
+def test_distillation_curve_summary_skips_batches_without_maps():
+    assert retrain._start_end([0.0, 4.0, 0.0, 2.0, 6.0, 8.0, 10.0, 12.0, 14.0]) == {"start": 4.0, "end": 14.0,
+                                                                                       "logged": 7}
+    assert retrain._start_end([0.0, 0.0]) == {"start": None, "end": None, "logged": 0}

@@ -62,6 +62,8 @@ def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out
     if not os.path.isfile(last):
         raise LabellingError(f"fine-tuning wrote no {last}")
     losses = _loss_curve(out_dir)
+    if distill["weight"]:
+        distill.update({k: _start_end(_loss_curve(out_dir, f"train/distill_{k}")) for k in ("feature", "heatmap")})
     return {"init_from": os.path.abspath(init_ckpt), "checkpoint": last, "steps": int(metrics.get("global_step", 0)),
             "data": {"root": store_root, "version": version, "split": "loop_train"},
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
@@ -93,15 +95,25 @@ def _distill_overrides(cfg: LoopConfig, store_root: str, version: str, maps_dir:
                           f"loss.distill.targets_dir={maps_dir}"]}
 
 
-def _loss_curve(run_dir: str) -> list[float]:
+def _loss_curve(run_dir: str, column: str = "train/loss") -> list[float]:
     import csv
     import glob
 
     out = []
     for path in sorted(glob.glob(os.path.join(run_dir, "**", "metrics.csv"), recursive=True)):
         with open(path) as f:
-            out += [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+            out += [float(r[column]) for r in csv.DictReader(f) if r.get(column)]
     return out
+
+
+def _start_end(values: list[float]) -> dict:
+    """Means of the first and the last quarter of the logged values that are not 0 (a batch without teacher
+    maps logs a distillation term of exactly 0)."""
+    v = [x for x in values if x != 0.0]
+    if not v:
+        return {"start": None, "end": None, "logged": 0}
+    q = max(1, len(v) // 4)
+    return {"start": round(sum(v[:q]) / q, 4), "end": round(sum(v[-q:]) / q, 4), "logged": len(v)}
 
 
 def export(cfg: LoopConfig, ckpt: str, out_dir: str, calib_root: str, calib_version: str) -> dict:

@@ -51,8 +51,8 @@ from drive.data.errors import DataError
 from drive.data.features import build_features
 from drive.data.geometry import invert, pose_to_matrix
 from drive.data.image_cache import ImageCache
-from drive.data.teacher_maps import MapsAccumulator, write_teacher_maps
 from drive.data.nusc import open_nuscenes, resolve_data_path
+from drive.data.teacher_maps import MapsAccumulator, write_teacher_maps
 from drive.evaluation.backends import TorchBackend
 from drive.evaluation.errors import EvalError
 from drive.metrics.detection import attribute_for, boxes_to_global
