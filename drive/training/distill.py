@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,41 +49,34 @@ class Distiller(nn.Module):
     def targets(self, metas: Sequence[SampleMeta], device: torch.device) -> DistillTargets:
         """The batch's teacher maps; zeros and weight 0 for a keyframe without a maps file."""
         s = self.bev_size
-        bev, heat, weight, fvalid = [], [], [], []
-        for m in metas:
-            path = maps_path(self.directory, m.sample_token)
-            if not os.path.isfile(path):
-                bev.append(None)
-                heat.append(None)
-                weight.append(torch.zeros(1, s, s))
-                fvalid.append(0.0)
-                continue
-            maps = read_teacher_maps(path)
-            if maps.bev.shape[0] != self.teacher_channels or maps.heatmap.shape[0] != self.num_classes:
-                raise DataError(f"{path}: teacher maps with {maps.bev.shape[0]} BEV channels and "
-                                f"{maps.heatmap.shape[0]} classes, expected {self.teacher_channels} and "
-                                f"{self.num_classes} (maps of two teachers in one directory?)", path)
-            A = augmentation_of(torch.as_tensor(m.global_T_ego, dtype=torch.float64),
-                                torch.as_tensor(maps.global_T_ego, dtype=torch.float64))
-            h, valid = align_teacher_maps(torch.from_numpy(maps.heatmap.astype("float32")), A, maps.bev_range, s,
-                                          self.bev_range)
-            flipped = is_flipped(A)
-            src, A_src = (maps.bev_mirror, A @ FLIP_Y) if flipped else (maps.bev, A)
-            if src is None:  # flipped sample, no mirrored passes: heatmap only
-                b, ok = None, 0.0
-            else:
-                b, _ = align_teacher_maps(torch.from_numpy(src.astype("float32")), A_src, maps.bev_range, s,
-                                          self.bev_range)
-                ok = 1.0
-            bev.append(b)
-            heat.append(h)
-            weight.append(foreground_weight(h[None], valid[None], self.cfg.background_weight)[0])
-            fvalid.append(ok)
+        per = [self._one(m) for m in metas]
         zeros_bev, zeros_heat = torch.zeros(self.teacher_channels, s, s), torch.zeros(self.num_classes, s, s)
-        return DistillTargets(bev=torch.stack([b if b is not None else zeros_bev for b in bev]).to(device),
-                              heatmap=torch.stack([h if h is not None else zeros_heat for h in heat]).to(device),
-                              weight=torch.stack(weight).to(device),
-                              feature_valid=torch.tensor(fvalid).to(device))
+        return DistillTargets(bev=torch.stack([b if b is not None else zeros_bev for b, _, _, _ in per]).to(device),
+                              heatmap=torch.stack([h if h is not None else zeros_heat for _, h, _, _ in per]).to(device),
+                              weight=torch.stack([w for _, _, w, _ in per]).to(device),
+                              feature_valid=torch.tensor([ok for _, _, _, ok in per]).to(device))
+
+    def _one(self, m: SampleMeta) -> tuple[Optional[Tensor], Optional[Tensor], Tensor, float]:
+        """(bev, heatmap, weight, feature usable) of one keyframe on the student's grid, in its augmented frame."""
+        s = self.bev_size
+        path = maps_path(self.directory, m.sample_token)
+        if not os.path.isfile(path):
+            return None, None, torch.zeros(1, s, s), 0.0
+        maps = read_teacher_maps(path)
+        if maps.bev.shape[0] != self.teacher_channels or maps.heatmap.shape[0] != self.num_classes:
+            raise DataError(f"{path}: teacher maps with {maps.bev.shape[0]} BEV channels and "
+                            f"{maps.heatmap.shape[0]} classes, expected {self.teacher_channels} and "
+                            f"{self.num_classes} (maps of two teachers in one directory?)", path)
+        A = augmentation_of(torch.as_tensor(m.global_T_ego, dtype=torch.float64),
+                            torch.as_tensor(maps.global_T_ego, dtype=torch.float64))
+        heat, valid = align_teacher_maps(torch.from_numpy(maps.heatmap.astype("float32")), A, maps.bev_range, s,
+                                         self.bev_range)
+        weight = foreground_weight(heat[None], valid[None], self.cfg.background_weight)[0]
+        src, A_src = (maps.bev_mirror, A @ FLIP_Y) if is_flipped(A) else (maps.bev, A)
+        if src is None:  # a flipped sample and no mirrored passes: the heatmap only
+            return None, heat, weight, 0.0
+        bev, _ = align_teacher_maps(torch.from_numpy(src.astype("float32")), A_src, maps.bev_range, s, self.bev_range)
+        return bev, heat, weight, 1.0
 
     def forward(self, bev_BCSS: Tensor, heatmap_logits_BKSS: Tensor, metas: Sequence[SampleMeta]) -> dict[str, Tensor]:
         """``distill_feature``, ``distill_heatmap``, ``distill``; a batch without maps gives zeros, every parameter
