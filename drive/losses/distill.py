@@ -71,10 +71,9 @@ def align_teacher_maps(maps_CSS: Tensor, A_44: Tensor, teacher_range: float, siz
     p = bev_cell_centers(size, bev_range).to(torch.float64).reshape(-1, 2)
     pts = torch.cat([p, p.new_zeros(len(p), 1), p.new_ones(len(p), 1)], dim=1)
     q = (torch.linalg.inv(A_44.double()) @ pts.T).T[:, :2]
-    grid = (q / float(teacher_range)).to(maps_CSS.dtype if maps_CSS.is_floating_point() else torch.float32)
-    grid = grid.reshape(1, size, size, 2).to(maps_CSS.device)
-    src = torch.cat([maps_CSS.float(), maps_CSS.new_ones(1, *maps_CSS.shape[1:]).float()], dim=0)
-    out = F.grid_sample(src[None], grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    grid = (q / float(teacher_range)).float().reshape(1, size, size, 2).to(maps_CSS.device)
+    src = torch.cat([maps_CSS.float(), maps_CSS.new_ones(1, *maps_CSS.shape[1:]).float()], dim=0)  # + coverage
+    out = F.grid_sample(src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     return out[:-1], out[-1:].clamp(0.0, 1.0)
 
 
