@@ -84,7 +84,8 @@ class AutoLabelConfig:
 
 @dataclass
 class DistillConfig:
-    """Distillation from the teacher's maps during the fine-tune (``drive.losses.distill``); weight 0 = off."""
+    """Distillation from the teacher's maps during the fine-tune; weight 0 = off. The fields of
+    ``drive.losses.distill.DistillLossConfig`` but ``targets_dir`` (the loop's teacher maps), passed on by name."""
 
     weight: float = 0.0
     feature_weight: float = 1.0  # BEV feature imitation (1x1 adapter to the teacher's width)

@@ -72,27 +72,27 @@ def finetune(cfg: LoopConfig, init_ckpt: str, store_root: str, version: str, out
 
 def _distill_overrides(cfg: LoopConfig, store_root: str, version: str, maps_dir: Optional[str]) -> dict:
     """The ``loss.distill`` overrides and how many of the version's labelled keyframes have teacher maps."""
+    from dataclasses import asdict
+
     from drive.data.teacher_maps import maps_path
 
     from .store import LABEL_INDEX_FILE
+    from .tables import read_json
 
     d = cfg.retrain.distill
     if d.weight <= 0 or maps_dir is None:  # None: a strategy without a teacher (humans label everything)
         return {"weight": 0.0, "overrides": []}
     if not os.path.isdir(maps_dir):
         raise LabellingError(f"retrain.distill.weight > 0 but there is no teacher maps directory {maps_dir!r}")
-    with open(os.path.join(store_root, version, LABEL_INDEX_FILE)) as f:
-        tokens = list(json.load(f))
+    tokens = list(read_json(os.path.join(store_root, version, LABEL_INDEX_FILE), "label index"))
     frames = sum(os.path.isfile(maps_path(maps_dir, t)) for t in tokens)
     if frames == 0:
         raise LabellingError(f"retrain.distill.weight > 0 but none of the {len(tokens)} labelled keyframes of "
                              f"{store_root}/{version} has teacher maps in {maps_dir} (a teacher step from before "
                              "maps were kept? delete the round's teacher.json and rerun)")
     return {"weight": d.weight, "frames_with_maps": frames, "maps_dir": maps_dir,
-            "overrides": [f"loss.distill.weight={d.weight}", f"loss.distill.feature_weight={d.feature_weight}",
-                          f"loss.distill.heatmap_weight={d.heatmap_weight}",
-                          f"loss.distill.background_weight={d.background_weight}",
-                          f"loss.distill.targets_dir={maps_dir}"]}
+            "overrides": [f"loss.distill.{k}={v}" for k, v in asdict(d).items()]
+            + [f"loss.distill.targets_dir={maps_dir}"]}
 
 
 def _loss_curve(run_dir: str, column: str = "train/loss") -> list[float]:

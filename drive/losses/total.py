@@ -45,8 +45,10 @@ def check_loss_config(cfg: LossConfig, model: DrivingModel) -> None:
         raise ValueError(f"loss bev_range {cfg.bev_range} != model {model.view_transform.bev_range}")
     if cfg.perspective.weight < 0:
         raise ValueError(f"loss perspective.weight must be >= 0, got {cfg.perspective.weight}")
-    if cfg.distill.weight < 0:
-        raise ValueError(f"loss distill.weight must be >= 0, got {cfg.distill.weight}")
+    d = cfg.distill
+    if min(d.weight, d.feature_weight, d.heatmap_weight, d.background_weight) < 0:
+        raise ValueError("loss distill: weight, feature_weight, heatmap_weight and background_weight must be >= 0, "
+                         f"got {d.weight}, {d.feature_weight}, {d.heatmap_weight}, {d.background_weight}")
     if abs(cfg.map_range - model.map_head.map_range) > 1e-6:
         raise ValueError(f"loss map_range {cfg.map_range} != model map head {model.map_head.map_range}")
 

@@ -27,9 +27,7 @@ class Distiller(nn.Module):
 
     def __init__(self, student_channels: int, bev_size: int, bev_range: float, num_classes: int,
                  cfg: DistillLossConfig):
-        super().__init__()
-        if cfg.weight < 0 or cfg.feature_weight < 0 or cfg.heatmap_weight < 0 or cfg.background_weight < 0:
-            raise ValueError("loss.distill: weight, feature_weight, heatmap_weight and background_weight must be >= 0")
+        super().__init__()  # the weights' signs are checked with the loss config (check_loss_config)
         directory = os.path.abspath(os.path.expanduser(str(cfg.targets_dir or "")))
         if not cfg.targets_dir or not os.path.isdir(directory):
             raise DataError(f"loss.distill.targets_dir: no directory of teacher maps at {cfg.targets_dir!r} "
